@@ -1,0 +1,1 @@
+"""Shared building blocks: errors, geometry helpers, point ops, datasets, configs."""
