@@ -1,0 +1,3 @@
+from i2p.cli import entrypoint
+
+entrypoint()

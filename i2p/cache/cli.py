@@ -1,0 +1,86 @@
+"""``i2p cache build|info|verify``."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Stage 1: render views, run the frozen 2D teacher, store a Zarr cache.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def build(
+    data: str = typer.Option(..., help="Data spec: builtin:primitives, meshes:DIR, shapenet55:DIR, "
+                             "modelnet40:DIR, modelnet40-h5:DIR, scanobjectnn:DIR, npz:FILE"),
+    out: str = typer.Option(..., help="Cache directory or fsspec URL"),
+    teacher: str = typer.Option("effnet-lite2", help="clip-vitb16, effnet-lite2, timm:NAME, open_clip:ARCH:TAG"),
+    teacher_weights: Optional[str] = typer.Option(None, help="FILE, or 'random' (recorded, warned)"),
+    split: str = typer.Option("train", help="train, test or all"),
+    points: int = typer.Option(2048, min=16, help="Points per cloud"),
+    batch_size: int = typer.Option(16, min=1, help="Shapes per teacher batch"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda"),
+    shard: str = typer.Option("0/1", help="I/N: build shards s with s %% N == I (array jobs)"),
+    limit: Optional[int] = typer.Option(None, help="Only the first N shapes"),
+    overwrite: bool = typer.Option(False, help="Replace a cache built with other settings"),
+    seed: int = typer.Option(0, help="Seed of point sampling"),
+    read_workers: int = typer.Option(4, min=1, help="Threads reading shapes"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+) -> None:
+    """Build (or finish: re-running does only missing shards) a feature cache."""
+    from rich.console import Console
+
+    from i2p.stage1_project.build import BuildConfig, build_cache, parse_shard, summary_line
+
+    cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=split,
+                      points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
+                      limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress)
+    report = build_cache(cfg)
+    console = Console(stderr=True)
+    console.print(summary_line(report))
+    t = report.timings
+    if sum(t.values()) > 0:
+        console.print("phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    for s in report.skipped_samples[:20]:
+        console.print(f"  skipped #{s['index']} {s['id']}: {s['reason']}")
+    if len(report.skipped_samples) > 20:
+        console.print(f"  ... and {len(report.skipped_samples) - 20} more (see `i2p cache info`)")
+
+
+@app.command()
+def info(path: str = typer.Argument(..., help="Cache directory or URL"),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """Counts, classes, teacher and weights sha256, settings, skips, build throughput."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from i2p.cache.inspect import cache_info
+
+    meta = cache_info(path)
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    table = Table(title=f"i2p cache {path}", show_header=False)
+    for key, value in meta.items():
+        if key == "skips":
+            value = f"{len(value)}" + "".join(f"\n#{s['index']} {s['id']}: {s['reason']}" for s in value[:10])
+        elif key == "timings_s":
+            value = ", ".join(f"{k} {v:.1f}" for k, v in value.items()) or "-"
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def verify(path: str = typer.Argument(..., help="Cache directory or URL"),
+           progress: bool = typer.Option(True, help="Show a progress bar")) -> None:
+    """Check every shard: built, readable, no unwritten sample, finite values (exit 1 if not)."""
+    from i2p.cache.inspect import verify_cache
+
+    problems = verify_cache(path, progress=progress)
+    if problems:
+        for p in problems:
+            typer.echo(f"FAIL {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK {path}: every shard built, readable and finite")

@@ -1,0 +1,75 @@
+"""The ``i2p`` command: one typer app with a sub-app per stage.
+
+Bad input (:class:`~i2p.common.errors.UserError`) is printed as one line and exits with code 2,
+never a traceback; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import click
+import typer
+
+from i2p import __version__
+from i2p.common.errors import UserError
+
+app = typer.Typer(name="i2p", help="I2P-MAE at cluster scale: cache build -> pretrain -> eval.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def _mount() -> None:
+    from i2p.cache.cli import app as cache_app
+
+    app.add_typer(cache_app, name="cache")
+    for module, name in (("i2p.stage2_pretrain.cli", None), ("i2p.stage3_eval.cli", "eval")):
+        try:
+            mod = __import__(module, fromlist=["app"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if name is None:
+            for command in getattr(mod, "COMMANDS", []):
+                app.command(**command.get("kwargs", {}))(command["fn"])
+        else:
+            app.add_typer(mod.app, name=name)
+
+
+@app.command()
+def version() -> None:
+    """Print the i2p version."""
+    typer.echo(__version__)
+
+
+_mount()
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"i2p: warning: {msg}\n"
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="i2p", standalone_mode=False)
+    except UserError as exc:
+        print(f"i2p: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("i2p: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("i2p: interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,104 @@
+"""Checkpoints that never silently fail to load.
+
+* Saved atomically (write to a temp file in the same directory, fsync, rename), so a kill
+  mid-save leaves the previous checkpoint intact.
+* Hold only plain tensors/containers: they load with ``torch.load(weights_only=True)``.
+* Hold no teacher weights: only the 3D network, optimiser/scheduler/scaler state, RNG state,
+  step counters and the resolved config.
+* The loader strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, and model
+  loading is strict, so a checkpoint of another architecture fails with one clear line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from i2p.common.errors import UserError
+
+FORMAT = "i2p-ckpt-1"
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(UserError):
+    """Unreadable, corrupt or mismatching checkpoint."""
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if key.startswith(p):
+                    key = key[len(p):]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, pickled objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} is not an i2p checkpoint (no '{FORMAT}' format tag)")
+    ckpt["model"] = strip_prefixes(ckpt["model"])
+    return ckpt
+
+
+def load_model_state(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str = "checkpoint") -> None:
+    """Strict load with a one-line summary of what does not match."""
+    state_dict = strip_prefixes(state_dict)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shape = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} shape mismatches (e.g. {k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)})")
+        raise CheckpointError(f"{what} does not fit this architecture: " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,123 @@
+"""Typed configs: nested dataclasses, YAML files and ``--set key=value`` overrides.
+
+A run's config is a tree of dataclasses (so typos fail loudly and defaults live in one place).
+Presets are functions returning instances; a YAML file or ``--set a.b=v`` overrides change
+fields, with values parsed by YAML and checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from i2p.common.errors import UserError
+
+
+class ConfigError(UserError):
+    pass
+
+
+def to_dict(cfg: Any) -> dict:
+    """Dataclass tree -> plain dict (tuples become lists, YAML/JSON friendly)."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+    return conv(cfg)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if isinstance(typ, str):  # postponed annotations are resolved by the caller
+        raise ConfigError(f"unresolved type for {key}")
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: cannot use {value!r} as {typ}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(typ):
+            raise ConfigError(f"config key {key}: {value!r} is not one of {typing.get_args(typ)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        args = typing.get_args(typ)
+        elem = args[0] if args else Any
+        items = [_coerce(v, elem, key) if elem is not Any and elem is not Ellipsis else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if typ is Any:
+        return value
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is bool and isinstance(value, bool):
+        return value
+    if typ is str and isinstance(value, (str, int, float)):
+        return str(value)
+    if dataclasses.is_dataclass(typ) and isinstance(value, dict):
+        return from_dict(typ, value, prefix=key + ".")
+    raise ConfigError(f"config key {key}: {value!r} is not a {getattr(typ, '__name__', typ)}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data`` (unknown keys are an error)."""
+    return update(cls(), data, prefix)
+
+
+def update(cfg: Any, data: dict, prefix: str = "") -> Any:
+    """A copy of dataclass ``cfg`` with ``data`` (nested dict) applied."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in (data or {}).items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key} (known: {', '.join(sorted(names))})")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = update(current, value, prefix + key + ".")
+        else:
+            changes[key] = _coerce(value, hints[key], prefix + key)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_overrides(items: Iterable[str]) -> dict:
+    """``["train.lr=1e-3", "model.depths=[1,1,1]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return data
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
