@@ -28,7 +28,8 @@ def check_cloud(points: np.ndarray) -> np.ndarray:
     pts = pts[:, :3].astype(np.float64)
     if not np.isfinite(pts).all():
         raise SampleError("NaN/Inf coordinates")
-    if len(np.unique(pts, axis=0)) < 3:
+    differs0 = (pts != pts[0]).any(axis=1)  # O(N) test for >= 3 distinct points
+    if not differs0.any() or not (differs0 & (pts != pts[np.argmax(differs0)]).any(axis=1)).any():
         raise SampleError("fewer than 3 distinct points")
     return pts
 
