@@ -1,0 +1,101 @@
+"""Reading a finished cache for training: a map-style torch Dataset over its valid samples.
+
+Each DataLoader worker opens the store itself (zarr handles are not shared across processes),
+and reads one sample = one inner chunk per array, which is what the 1-sample inner chunking is
+for. Per-sample augmentation parameters are drawn here from ``(seed, epoch, index)`` so they
+do not depend on worker count, rank count or where a resumed run starts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from i2p.cache import store as cs
+from i2p.common.errors import CacheError
+from i2p.common.geometry import stable_seed
+
+
+def open_for_training(url: str, num_points: int | None = None, need_features: bool = True) -> dict:
+    """Check that the cache at ``url`` is usable and return its attributes.
+
+    Refuses (one line): a missing path, another format version, an incomplete cache, or a
+    cache built with another point count than asked for.
+    """
+    root = cs.open_store(url)
+    attrs = dict(root.attrs)
+    layout = cs.layout_of(root)
+    done = cs.done_shards(root)
+    if not attrs.get("complete") or len(done) < layout.num_shards:
+        raise CacheError(f"cache {url} is incomplete ({len(done)}/{layout.num_shards} shards): "
+                         "finish it by re-running the same `i2p cache build` command")
+    if num_points is not None and layout.num_points != num_points:
+        raise CacheError(f"cache {url} was built with {layout.num_points} points per cloud, the run asks for "
+                         f"{num_points}: rebuild the cache with --points {num_points} or drop the setting")
+    if attrs.get("num_valid", 0) < 1:
+        raise CacheError(f"cache {url} holds no valid sample")
+    return attrs
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """Valid samples of a cache as dicts of tensors.
+
+    Keys: ``points [P,3] f32``, ``features [V,h,w,C] f16`` and ``saliency [V,h,w] f32`` (unless
+    ``with_targets=False``, e.g. for the online teacher), ``proj [V,5]``, ``label``, ``index``,
+    ``scale [1,3]``, ``shift [1,3]`` (augmentation; identity when ``augment`` is False).
+    """
+
+    def __init__(self, url: str, with_targets: bool = True, augment: bool = False, seed: int = 0,
+                 scale_range: tuple[float, float] = (2 / 3, 3 / 2), shift_range: float = 0.2):
+        root = cs.open_store(url)
+        skipped = {s["index"] for s in root.attrs.get("skips", [])}
+        n = cs.layout_of(root).num_samples
+        self.url = url
+        self.indices = np.array([i for i in range(n) if i not in skipped], dtype=np.int64)
+        self.labels_all = np.asarray(root["label"][:])
+        self.with_targets, self.augment, self.seed = with_targets, augment, seed
+        self.scale_range, self.shift_range = scale_range, shift_range
+        self.epoch = 0
+        self._root = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.labels_all[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _arrays(self):
+        if self._root is None:
+            self._root = cs.open_store(self.url)
+        return self._root
+
+    def __getstate__(self):  # never pickle an open store into a worker
+        state = dict(self.__dict__)
+        state["_root"] = None
+        return state
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        root = self._arrays()
+        item = {
+            "points": torch.from_numpy(np.ascontiguousarray(root["points"][i])),
+            "proj": torch.from_numpy(np.ascontiguousarray(root["proj"][i])),
+            "label": int(self.labels_all[i]),
+            "index": i,
+        }
+        if self.with_targets:
+            item["features"] = torch.from_numpy(np.ascontiguousarray(root["features"][i]))
+            item["saliency"] = torch.from_numpy(np.ascontiguousarray(root["saliency"][i]))
+        rng = np.random.default_rng(stable_seed(self.seed, self.epoch, i))
+        if self.augment:
+            scale = rng.uniform(*self.scale_range, size=(1, 3))
+            shift = rng.uniform(-self.shift_range, self.shift_range, size=(1, 3))
+        else:
+            scale, shift = np.ones((1, 3)), np.zeros((1, 3))
+        item["scale"] = torch.from_numpy(scale.astype(np.float32))
+        item["shift"] = torch.from_numpy(shift.astype(np.float32))
+        return item

@@ -1,0 +1,44 @@
+"""``i2p pretrain``: stage 2 from a stage-1 cache."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+
+def pretrain(
+    cache: str = typer.Option(..., help="Stage-1 cache directory or URL"),
+    out: str = typer.Option(..., help="Run directory (last.ckpt, config.yaml, metrics.jsonl, tb/)"),
+    config: str = typer.Option("paper", help="Preset (tiny, paper) or a YAML file"),
+    set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (overrides the config)"),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda"),
+    mask: Optional[str] = typer.Option(None, help="saliency (2D-guided, the paper's) or random (3D-only baseline)"),
+    targets: Optional[str] = typer.Option(None, help="2d3d (the paper's) or 3d (no 2D target)"),
+    temperature: Optional[float] = typer.Option(None, help="Saliency softmax temperature T (paper: 1)"),
+    online_teacher: Optional[bool] = typer.Option(None, "--online-teacher/--cached-targets",
+                                                  help="Run projection + teacher inside each step (the paper's way)"),
+    teacher_weights: Optional[str] = typer.Option(None, help="Online teacher weights FILE or 'random'"),
+    seed: Optional[int] = typer.Option(None, help="Seed"),
+    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes"),
+    probe_cache: Optional[str] = typer.Option(None, help="Labelled cache for a periodic linear-SVM probe"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from OUT/last.ckpt if present"),
+    max_steps: Optional[int] = typer.Option(None, hidden=True, help="Stop after this many steps (tests)"),
+) -> None:
+    """Pre-train the hierarchical 3D MAE with 2D-guided masking and 2D-semantic targets."""
+    from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.train import pretrain as run
+
+    cfg = pcfg.resolve(config, set_, seed=seed, device=device, online_teacher=online_teacher,
+                       teacher_weights=teacher_weights,
+                       model={"mask_mode": mask, "targets": targets, "temperature": temperature},
+                       optim={"epochs": epochs, "batch_size": batch_size}, data={"workers": workers})
+    result = run(cache, out, cfg, resume=resume, probe_cache=probe_cache, max_steps=max_steps)
+    state = "stopped by signal (re-run the command to resume)" if result.stopped_by_signal else "done"
+    typer.echo(f"pretrain {state}: step {result.step}, epoch {result.epoch}, checkpoint {result.run_dir / 'last.ckpt'}",
+               err=True)
+
+
+COMMANDS = [{"fn": pretrain, "kwargs": {"name": "pretrain"}}]

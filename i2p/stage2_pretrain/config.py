@@ -1,0 +1,120 @@
+"""Pre-training settings: a typed tree with the ``tiny`` and ``paper`` presets.
+
+``paper`` holds the published hyper-parameters (AdamW lr 1e-3, wd 0.05, cosine with 10 warm-up
+epochs, 300 epochs, batch 64, 2048 points, the full network). ``tiny`` is sized for minutes on a
+2-core CPU. A YAML file or ``--set section.key=value`` changes any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from i2p.common import config as cfgutil
+from i2p.stage2_pretrain.model.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 300
+    warmup_epochs: int = 10
+    batch_size: int = 64  # global batch (split across ranks under torchrun)
+    grad_clip: float = 10.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class DataConfig:
+    points: int | None = None  # None: the cache's point count; set: must equal it
+    workers: int = 4
+    augment: bool = True
+    scale_low: float = 2 / 3
+    scale_high: float = 3 / 2
+    shift: float = 0.2
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10  # metrics.jsonl / TensorBoard period
+    ckpt_every_steps: int = 500  # last.ckpt period inside an epoch (also written every epoch)
+    keep_every_epochs: int = 50  # epoch-XXXX.ckpt period
+    probe_every_epochs: int = 10  # with --probe-cache
+    progress: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig.paper)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    device: str = "auto"
+    online_teacher: bool = False
+    teacher_weights: str | None = None  # online teacher only: FILE or 'random'
+    compile: bool = False  # torch.compile the model (CUDA)
+
+
+def paper() -> PretrainConfig:
+    return PretrainConfig()
+
+
+def tiny() -> PretrainConfig:
+    return PretrainConfig(
+        preset="tiny",
+        model=ModelConfig.tiny(),
+        optim=OptimConfig(lr=1e-3, epochs=10, warmup_epochs=1, batch_size=16),
+        data=DataConfig(workers=2),
+        log=LogConfig(every_steps=1, ckpt_every_steps=20, keep_every_epochs=5, probe_every_epochs=1),
+    )
+
+
+PRESETS = {"tiny": tiny, "paper": paper}
+
+
+def resolve(config: str = "paper", overrides: list[str] | None = None, **direct) -> PretrainConfig:
+    """Preset name or YAML file, then ``--set`` overrides, then explicit CLI options (``direct``:
+    nested dict of values that are not None)."""
+    if config in PRESETS:
+        cfg = PRESETS[config]()
+    else:
+        data = cfgutil.load_yaml(config)
+        base = PRESETS[data.pop("preset", "paper")]() if data.get("preset", "paper") in PRESETS else paper()
+        cfg = cfgutil.update(base, data)
+    if overrides:
+        cfg = cfgutil.update(cfg, cfgutil.parse_overrides(overrides))
+    cfg = cfgutil.update(cfg, _prune(direct))
+    try:
+        cfg.model.validate()
+    except ValueError as exc:
+        raise cfgutil.ConfigError(f"model config: {exc}") from None
+    return cfg
+
+
+def _prune(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _prune(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def save(cfg: PretrainConfig, path: Path) -> None:
+    cfgutil.save_yaml(cfg, path)
+
+
+def to_dict(cfg: PretrainConfig) -> dict:
+    return cfgutil.to_dict(cfg)
+
+
+def replace_model(cfg: PretrainConfig, **changes) -> PretrainConfig:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
