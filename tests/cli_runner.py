@@ -2,6 +2,7 @@
 
 ``I2P_TEST_KILL_AT_SHARD=k`` makes the process SIGKILL itself after shard k's arrays are
 written but before its completion marker: the worst moment for a crash.
+``I2P_TEST_KILL_AT_STEP=s`` makes a pretrain SIGKILL itself right after logging step s.
 """
 
 import os
@@ -24,6 +25,19 @@ if kill_at is not None:
         _orig(root, shard, attrs)
 
     cs.mark_shard_done = _killing
+
+kill_step = os.environ.get("I2P_TEST_KILL_AT_STEP")
+if kill_step is not None:
+    from i2p.stage2_pretrain import train as _train
+
+    _write = _train.MetricsLog.write
+
+    def _killing_write(self, record):
+        _write(self, record)
+        if record.get("step") == int(kill_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _train.MetricsLog.write = _killing_write
 
 from i2p.cli import main  # noqa: E402
 
