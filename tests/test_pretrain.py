@@ -79,7 +79,7 @@ def test_sigkill_mid_epoch_then_rerun_reproduces_losses_exactly(small_cache, tmp
 
 
 def test_torchrun_two_processes_match_one(small_cache, tmp_path):
-    sets = FAST + ["model.temperature=0.0001", "data.augment=true"]
+    sets = FAST + ["model.embed_norm=layer", "data.augment=true"]
     args = ["pretrain", "--cache", small_cache, "--config", "tiny", "--epochs", "1", "--batch-size", "8",
             "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
     cli(*args, "--out", str(tmp_path / "one"))

@@ -8,6 +8,7 @@ fields, with values parsed by YAML and checked against the field's type.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,7 +37,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if isinstance(typ, str):  # postponed annotations are resolved by the caller
         raise ConfigError(f"unresolved type for {key}")
     origin = typing.get_origin(typ)
-    if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
             return None

@@ -9,6 +9,8 @@ Every function is vectorised over the batch; only farthest point sampling loops 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 __all__ = ["farthest_point_sample", "knn", "gather", "square_distance", "chamfer_l2",
@@ -16,21 +18,27 @@ __all__ = ["farthest_point_sample", "knn", "gather", "square_distance", "chamfer
 
 
 def farthest_point_sample(xyz: torch.Tensor, k: int,
-                          start: int | torch.Generator | None = 0) -> torch.Tensor:
+                          start: int | torch.Generator | Sequence[torch.Generator] | None = 0) -> torch.Tensor:
     """Greedy farthest point sampling: indices ``[B, k]`` (int64) into ``xyz [B, N, 3]``.
 
     ``start`` picks the first index: an int (the same for every sample; 0 matches the
-    pointnet2 kernel that Point-M2AE uses) or a ``torch.Generator`` for a random, reproducible
-    start per sample. Each next pick maximises the squared distance to the picks so far; ties
+    pointnet2 kernel that Point-M2AE uses), a ``torch.Generator`` for a random, reproducible
+    start per sample, or one generator per sample (each draws its own sample's start). Each next pick maximises the squared distance to the picks so far; ties
     go to the lowest index (``argmax`` returns the first maximum), so results are reproducible.
     """
     bsz, n, _ = xyz.shape
     if not 0 < k <= n:
         raise ValueError(f"farthest_point_sample: need 0 < k <= N, got k={k}, N={n}")
-    pts = xyz.detach().float()  # selection only: no gradient, fp32 distances even under bf16
+    # Selection only: no gradient, fp32 even under bf16. Coordinate-major [B,3,N] so each step
+    # is a few contiguous elementwise ops (a reduction over a size-3 last axis is far slower).
+    pts = xyz.detach().float().transpose(1, 2).contiguous()
     idx = torch.empty(bsz, k, dtype=torch.long, device=xyz.device)
     if isinstance(start, torch.Generator):
         cur = torch.randint(n, (bsz,), generator=start, device=start.device).to(xyz.device)
+    elif isinstance(start, Sequence):
+        if len(start) != bsz:
+            raise ValueError(f"{len(start)} per-sample generators for a batch of {bsz}")
+        cur = torch.stack([torch.randint(n, (), generator=g, device=g.device).to(xyz.device) for g in start])
     else:
         if start is None:
             start = 0
@@ -39,8 +47,9 @@ def farthest_point_sample(xyz: torch.Tensor, k: int,
     rows = torch.arange(bsz, device=xyz.device)
     for i in range(k):
         idx[:, i] = cur
-        d = (pts - pts[rows, cur][:, None, :]).pow(2).sum(-1)  # [B,N]
-        best = torch.minimum(best, d)
+        diff = pts - pts[rows, :, cur][:, :, None]  # [B,3,N]
+        d = diff[:, 0] * diff[:, 0] + diff[:, 1] * diff[:, 1] + diff[:, 2] * diff[:, 2]
+        torch.minimum(best, d, out=best)
         cur = best.argmax(dim=1)
     return idx
 

@@ -2,7 +2,7 @@
 
 Why it is shaped this way:
 
-* Every random choice of step ``s`` comes from a generator seeded by ``(seed, s, rank)`` and
+* Every random choice of step ``s`` comes from per-sample generators seeded by ``(seed, s, index)``;
   every sample's augmentation from ``(seed, epoch, index)``; data order is a function of
   ``(seed, epoch)``. Resuming therefore needs only the step counter plus model/optimiser/
   scheduler state, and a killed run continues with exactly the losses it would have had.
@@ -33,6 +33,7 @@ from i2p.common.geometry import stable_seed
 from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
+from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
 
 LOG_KEYS = ("loss", "loss_3d", "loss_2d", "sal_visible", "sal_masked")
@@ -173,7 +174,7 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+    opt = torch.optim.AdamW(optimizer_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=cfg.optim.betas)
     ds = CacheDataset(cache, with_targets=not cfg.online_teacher, augment=cfg.data.augment, seed=cfg.seed,
                       scale_range=(cfg.data.scale_low, cfg.data.scale_high), shift_range=cfg.data.shift)
@@ -237,7 +238,10 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
                 model.train()
                 t_prev = time.perf_counter()
                 for batch in _make_loader(ds, cfg, epoch, start, dist_info):
-                    gen = torch.Generator().manual_seed(stable_seed("step", cfg.seed, step, dist_info.rank))
+                    # One generator per sample, seeded by (seed, step, sample): the draws do not
+                    # depend on how the global batch is split across ranks.
+                    gen = [torch.Generator().manual_seed(stable_seed("step", cfg.seed, step, int(i)))
+                           for i in batch["index"]]
                     points = batch["points"].to(device, non_blocking=True)
                     with autocast:
                         if teacher is not None:

@@ -1,0 +1,129 @@
+"""Architecture and objective settings of the I2P-MAE 3D network.
+
+One flat dataclass so that a checkpoint can store it as a plain dict (``to_dict``) and stage 3
+can rebuild exactly the encoder that was trained (``from_dict``). Defaults are the paper's
+(I2P-MAE / Point-M2AE pre-training config); ``tiny()`` is a CPU-sized variant for tests and
+smoke runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MASK_MODES = ("saliency", "random")
+TARGETS = ("2d3d", "3d")
+
+
+@dataclass
+class ModelConfig:
+    num_points: int = 2048
+    group_sizes: tuple[int, ...] = (16, 8, 8)
+    num_groups: tuple[int, ...] = (512, 256, 64)
+    enc_dims: tuple[int, ...] = (96, 192, 384)
+    enc_depths: tuple[int, ...] = (5, 5, 5)
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.1
+    # Hidden widths of the level-1 mini-PointNet (Point-MAE uses 128 -> 256, then 512).
+    embed_hidden: tuple[int, int] = (128, 256)
+    # Norm inside the mini-PointNets: 'batch' (the reference code's BatchNorm) or 'layer'
+    # (LayerNorm: no batch statistics, so a DDP run equals a single-process run exactly and
+    # train/eval behave alike; everything else in the network is already batch-independent).
+    embed_norm: str = "batch"
+    dec_dims: tuple[int, ...] = (384, 192)
+    dec_depths: tuple[int, ...] = (1, 1)
+    mask_ratio: float = 0.8
+    views: int = 3
+    teacher_channels: int = 0  # C of the cached teacher features; 0 = no 2D head
+    image_size: int = 224  # S used by back-projection (must match the cache)
+    mask_mode: str = "saliency"
+    temperature: float = 1.0
+    targets: str = "2d3d"
+    lambda_2d: float = 1.0
+    fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
+
+    def __post_init__(self) -> None:
+        for name in ("group_sizes", "num_groups", "enc_dims", "enc_depths", "embed_hidden",
+                     "dec_dims", "dec_depths"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.validate()
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def paper(cls, **overrides: Any) -> "ModelConfig":
+        """The published pre-training architecture (about 12.9M parameters without 2D head)."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "ModelConfig":
+        """A small model that runs a few steps per second on a 2-core CPU at batch 16."""
+        base = dict(num_points=1024, num_groups=(256, 128, 32), enc_dims=(48, 96, 192),
+                    enc_depths=(1, 1, 1), num_heads=3, embed_hidden=(32, 64),
+                    dec_dims=(192, 96), dec_depths=(1, 1))
+        base.update(overrides)
+        return cls(**base)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_levels(self) -> int:
+        return len(self.num_groups)
+
+    @property
+    def head_level(self) -> int:
+        """Index of the level whose tokens carry the reconstruction heads (1 = level 2)."""
+        return self.num_levels - len(self.dec_dims)
+
+    def num_visible(self) -> int:
+        """Visible coarsest-level tokens: round(G * (1 - mask_ratio)), at least 1."""
+        return max(1, int(round(self.num_groups[-1] * (1.0 - self.mask_ratio))))
+
+    @property
+    def use_2d(self) -> bool:
+        return self.targets == "2d3d"
+
+    def validate(self) -> None:
+        n = self.num_levels
+        if not (len(self.group_sizes) == len(self.enc_dims) == len(self.enc_depths) == n):
+            raise ValueError("group_sizes, num_groups, enc_dims and enc_depths need one entry per level")
+        if len(self.dec_dims) != len(self.dec_depths) or not 1 <= len(self.dec_dims) <= n:
+            raise ValueError("dec_dims and dec_depths need the same length, between 1 and the number of levels")
+        prev = self.num_points
+        for lvl, (g, k) in enumerate(zip(self.num_groups, self.group_sizes)):
+            if not 0 < g <= prev or not 0 < k <= prev:
+                raise ValueError(f"level {lvl + 1}: {g} groups of {k} from {prev} candidates is impossible")
+            prev = g
+        for d in (*self.enc_dims, *self.dec_dims):
+            if d % self.num_heads:
+                raise ValueError(f"dimension {d} is not divisible by num_heads={self.num_heads}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError("mask_ratio must lie in [0, 1)")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.embed_norm not in ("batch", "layer"):
+            raise ValueError(f"embed_norm must be 'batch' or 'layer', got {self.embed_norm!r}")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+        if self.teacher_channels < 0 or self.views < 1:
+            raise ValueError("teacher_channels must be >= 0 and views >= 1")
+        # targets='2d3d' with teacher_channels == 0 is allowed here (a config is often made
+        # before the cache is opened); build_model refuses it.
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,73 @@
+"""Token embeddings: a mini-PointNet per level that turns a kNN group into one token.
+
+Level 1 embeds the 16 member points' coordinates relative to the centre (Point-MAE's
+two-stage PointNet: shared MLP, max-pool, concat the pooled feature back to every member,
+shared MLP, max-pool). Higher levels merge the encoded features of their member tokens (the
+"token merging" of Point-M2AE); we also concatenate each member's position relative to the
+centre, which gives the merge the local geometry explicitly at negligible cost.
+
+Embeddings are computed on a FLAT list of visible groups ``[n, K, C_in]`` (never on padding),
+so BatchNorm statistics only see real tokens and masked tokens cost nothing. The norm is
+BatchNorm as in the reference code, or LayerNorm (``ModelConfig.embed_norm``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class _PointwiseBN(nn.Module):
+    """BatchNorm1d over the channel (last) axis of an ``[n, K, C]`` tensor."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k, c = x.shape
+        return self.bn(x.reshape(n * k, c)).view(n, k, c)
+
+
+def _norm(c: int, kind: str) -> nn.Module:
+    return _PointwiseBN(c) if kind == "batch" else nn.LayerNorm(c)
+
+
+class MiniPointNet(nn.Module):
+    """``[n, K, C_in] -> [n, C_out]``: f = MLP1(x); g = max_K f; y = MLP2([g, f]); max_K y."""
+
+    def __init__(self, c_in: int, hidden: int, mid: int, c_out: int, norm: str = "batch"):
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(c_in, hidden), _norm(hidden, norm), nn.ReLU(inplace=True),
+                                   nn.Linear(hidden, mid))
+        self.second = nn.Sequential(nn.Linear(2 * mid, 2 * mid), _norm(2 * mid, norm), nn.ReLU(inplace=True),
+                                    nn.Linear(2 * mid, c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.first(x)
+        g = f.max(dim=1, keepdim=True).values.expand_as(f)
+        return self.second(torch.cat([g, f], dim=-1)).max(dim=1).values
+
+
+class TokenEmbed(nn.Module):
+    """Level-specific token embedding.
+
+    ``level == 0``: input is relative xyz ``[n, K, 3]``.
+    ``level > 0``: input is member features ``[n, K, C_prev]`` plus relative xyz ``[n, K, 3]``.
+    """
+
+    def __init__(self, level: int, c_prev: int, c_out: int, hidden: tuple[int, int], norm: str = "batch"):
+        super().__init__()
+        self.level = level
+        if level == 0:
+            self.net = MiniPointNet(3, hidden[0], hidden[1], c_out, norm)
+        else:
+            c_in = c_prev + 3
+            self.net = MiniPointNet(c_in, c_in, c_in, c_out, norm)
+
+    def forward(self, rel_xyz: torch.Tensor, member_feats: torch.Tensor | None = None) -> torch.Tensor:
+        if rel_xyz.shape[0] == 0:  # no visible group anywhere in the batch (not reachable in practice)
+            return rel_xyz.new_zeros(0, self.net.second[-1].out_features)
+        if self.level == 0:
+            return self.net(rel_xyz)
+        return self.net(torch.cat([member_feats, rel_xyz.to(member_feats.dtype)], dim=-1))

@@ -1,0 +1,178 @@
+"""I2P-MAE: the 3D masked autoencoder trained from cached 2D teacher maps.
+
+One ``forward`` is one pre-training step's network work: group the augmented cloud, read the
+saliency cloud from the cached teacher, mask (2D-guided or random), encode the visible
+tokens, decode, and compute L = L3d + lambda * L2d at the head level (level 2):
+
+* masked tokens reconstruct their member coordinates relative to the centre (Chamfer-L2,
+  in the augmented frame the network sees);
+* visible tokens regress the teacher features of each member, all views concatenated (MSE,
+  read at the ORIGINAL coordinates, so cached targets are exact).
+
+Each loss is a per-sample mean over that sample's tokens, then a mean over samples.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from i2p.common.point_ops import chamfer_l2
+from i2p.stage2_pretrain.model.config import ModelConfig
+from i2p.stage2_pretrain.model.decoder import HierarchicalDecoder
+from i2p.stage2_pretrain.model.encoder import HierarchicalEncoder, LevelOutput
+from i2p.stage2_pretrain.model.masking import all_visibilities, coarse_visibility, masked_mean
+from i2p.stage2_pretrain.model.rng import Rng
+from i2p.stage2_pretrain.model.targets import feature_targets, saliency_cloud
+
+
+def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean over samples of each sample's mean over its tokens (``values [n]`` of tokens in
+    sample ``rows [n]``).
+
+    Visible/masked token counts differ per sample, so a plain mean over all tokens of the
+    batch (the reference code's) would depend on how a batch is split across processes.
+    Weighting every shape equally is one of the three conditions for a DDP loss equal to the
+    single-process loss (with per-sample generators and ``embed_norm='layer'``).
+    """
+    sums = torch.zeros(batch, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    counts = torch.bincount(rows, minlength=batch).to(values.dtype)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
+class I2PMAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.use_2d and cfg.teacher_channels <= 0:
+            raise ValueError("targets='2d3d' needs teacher_channels > 0: set it from the cache's feature width")
+        self.cfg = cfg
+        self.encoder = HierarchicalEncoder(cfg)
+        self.decoder = HierarchicalDecoder(cfg)
+        dim, k = cfg.dec_dims[-1], cfg.group_sizes[cfg.head_level]
+        self.head_3d = nn.Linear(dim, k * 3)
+        # Only the '2d3d' objective has a 2D head: every parameter then takes part in every
+        # step, which DistributedDataParallel requires (without find_unused_parameters).
+        self.head_2d = nn.Linear(dim, k * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
+        for head in (self.head_3d, self.head_2d):
+            if head is not None:
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
+
+    # ------------------------------------------------------------------ pre-training
+    def forward(self, points: torch.Tensor, view_features: torch.Tensor | None = None,
+                view_saliency: torch.Tensor | None = None, proj: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                generator: Rng = None) -> dict[str, torch.Tensor]:
+        """One masked-autoencoding pass.
+
+        points        [B, N, 3] ORIGINAL (un-augmented) coordinates, as stored in the cache
+        view_features [B, V, h, w, C] teacher feature maps (any float dtype) or None
+        view_saliency [B, V, h, w] teacher saliency maps or None
+        proj          [B, V, 5] raster parameters of the original cloud or None
+        scale, shift  [B, 1, 3] augmentation: the network sees ``points * scale + shift``
+        generator     drives every random choice (masking, drop path, FPS start if enabled):
+                      one torch.Generator, or a list with one per sample (see ``rng.py``)
+
+        Returns ``loss`` (to backpropagate), ``loss_3d``, ``loss_2d`` (0 when targets='3d'),
+        ``sal_visible`` / ``sal_masked`` (mean saliency of visible / masked coarse tokens, NaN
+        without saliency), ``saliency`` [B, G_top] (or absent), ``visible_mask_l{1,2,3}``
+        [B, G_l] bool, and ``num_visible_l{1,2,3}`` (mean count, float).
+        """
+        cfg = self.cfg
+        seen = points
+        if scale is not None:
+            seen = seen * scale
+        if shift is not None:
+            seen = seen + shift
+        h = self.encoder.group(seen, generator)
+        bsz, top = points.shape[0], cfg.num_levels - 1
+
+        sal = None
+        if view_saliency is not None and proj is not None:
+            sal = saliency_cloud(view_saliency, points, h, proj, cfg.image_size)
+        vis_top = coarse_visibility(sal, bsz, cfg.num_groups[top], cfg.num_visible(), cfg.mask_mode,
+                                    cfg.temperature, generator, points.device)
+        vis = all_visibilities(vis_top, h.groups, cfg.num_groups)
+        enc = self.encoder.forward_hierarchy(h, vis, generator)
+        x = self.decoder(h, enc, generator)  # [B, G_head, D]
+
+        lvl = cfg.head_level
+        k = cfg.group_sizes[lvl]
+        masked = ~vis[lvl]
+        if bool(masked.any()):
+            b_idx, g_idx = masked.nonzero(as_tuple=True)
+            pred = self.head_3d(x[b_idx, g_idx]).float().view(-1, k, 3)
+            per_token = chamfer_l2(pred, h.neighbors[lvl][b_idx, g_idx].float())
+            loss_3d = per_sample_mean(per_token, b_idx, bsz)
+        else:  # nothing masked at the head level (only with tiny mask ratios)
+            loss_3d = x.sum() * 0.0
+
+        loss_2d = torch.zeros((), device=points.device)
+        if cfg.use_2d:
+            loss_2d = self._loss_2d(x, vis[lvl], points, h, view_features, proj)
+        loss = loss_3d + cfg.lambda_2d * loss_2d if cfg.use_2d else loss_3d
+        out: dict[str, torch.Tensor] = {
+            "loss": loss + self._idle_term(),
+            "loss_3d": loss_3d,
+            "loss_2d": loss_2d,
+        }
+        nan = torch.full((), float("nan"), device=points.device)
+        out["sal_visible"] = masked_mean(sal, vis_top) if sal is not None else nan
+        out["sal_masked"] = masked_mean(sal, ~vis_top) if sal is not None else nan
+        if sal is not None:
+            out["saliency"] = sal
+        for i, v in enumerate(vis):
+            out[f"visible_mask_l{i + 1}"] = v
+            out[f"num_visible_l{i + 1}"] = v.sum(dim=1).float().mean()
+        return out
+
+    def _idle_term(self) -> torch.Tensor:
+        """Exactly 0, but connected to the encoder LayerNorms of levels finer than the head
+        level: pre-training never reads them (they serve ``encode_levels``), and DDP without
+        ``find_unused_parameters`` fails on parameters that get no gradient."""
+        idle = [p for lvl in range(self.cfg.head_level) for p in self.encoder.norms[lvl].parameters()]
+        if not idle:
+            return torch.zeros((), device=self.head_3d.weight.device)
+        return sum(p.sum() for p in idle) * 0.0
+
+    def _loss_2d(self, x: torch.Tensor, visible: torch.Tensor, points: torch.Tensor, h,
+                 view_features: torch.Tensor | None, proj: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.cfg
+        if view_features is None or proj is None:
+            raise ValueError("targets='2d3d' needs view_features and proj (or use targets='3d')")
+        if view_features.shape[1] != cfg.views or view_features.shape[-1] != cfg.teacher_channels:
+            raise ValueError(f"view_features {tuple(view_features.shape)} do not match the model "
+                             f"(views={cfg.views}, teacher_channels={cfg.teacher_channels})")
+        b_idx, g_idx = visible.nonzero(as_tuple=True)
+        k = cfg.group_sizes[cfg.head_level]
+        pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
+        target = feature_targets(view_features, points, h, cfg.head_level, proj, cfg.image_size, b_idx, g_idx)
+        return per_sample_mean((pred - target).pow(2).mean(dim=(1, 2)), b_idx, len(points))
+
+    # ------------------------------------------------------------------ feature extraction
+    def encode_levels(self, points: torch.Tensor) -> list[LevelOutput]:
+        """Unmasked encoder outputs of every level (tokens, centres, ...), finest first."""
+        return self.encoder(points)
+
+    def encode(self, points: torch.Tensor) -> torch.Tensor:
+        """LayerNorm'd coarsest tokens ``[B, G_top, enc_dims[-1]]``, in centre order, no masking."""
+        return self.encode_levels(points)[-1].tokens
+
+
+def build_model(cfg: ModelConfig) -> I2PMAE:
+    """Validate ``cfg`` for pre-training and build the network."""
+    cfg.validate()
+    return I2PMAE(cfg)
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as in Point-MAE / Point-M2AE: no weight decay on biases and 1-D
+    parameters (norm scales), decay on everything else. Decoupled decay also shrinks
+    parameters whose gradient is zero, so norms must be exempt."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
