@@ -20,21 +20,15 @@ app = typer.Typer(name="i2p", help="I2P-MAE at cluster scale: cache build -> pre
 
 
 def _mount() -> None:
+    """Attach every stage's commands. Command modules import their heavy dependencies lazily,
+    inside the command, so ``i2p --help`` stays fast."""
     from i2p.cache.cli import app as cache_app
+    from i2p.stage2_pretrain.cli import pretrain
+    from i2p.stage3_eval.cli import app as eval_app
 
     app.add_typer(cache_app, name="cache")
-    for module, name in (("i2p.stage2_pretrain.cli", None), ("i2p.stage3_eval.cli", "eval")):
-        try:
-            mod = __import__(module, fromlist=["app"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        if name is None:
-            for command in getattr(mod, "COMMANDS", []):
-                app.command(**command.get("kwargs", {}))(command["fn"])
-        else:
-            app.add_typer(mod.app, name=name)
+    app.command("pretrain")(pretrain)
+    app.add_typer(eval_app, name="eval")
 
 
 @app.command()

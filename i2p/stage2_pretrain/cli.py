@@ -40,5 +40,3 @@ def pretrain(
     typer.echo(f"pretrain {state}: step {result.step}, epoch {result.epoch}, checkpoint {result.run_dir / 'last.ckpt'}",
                err=True)
 
-
-COMMANDS = [{"fn": pretrain, "kwargs": {"name": "pretrain"}}]
