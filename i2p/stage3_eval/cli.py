@@ -1,0 +1,166 @@
+"""``i2p eval``: the stage-3 protocols as a typer sub-app.
+
+The lead's CLI mounts it with ``app.add_typer(stage3_eval.cli.app, name="eval")`` and turns
+:class:`~i2p.common.errors.UserError` into one line and exit code 2; this module only parses
+options, calls :mod:`i2p.stage3_eval.runner` and prints the headline and a table with rich.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from i2p.common.errors import UserError
+
+app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: linear SVM, few-shot, "
+                       "kNN, fine-tune; compare results.", no_args_is_help=True)
+console = Console()
+
+CKPT = typer.Option(..., "--ckpt", help="checkpoint file, or 'random' for a randomly initialised encoder")
+DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
+POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN, else 1024)")
+POOL = typer.Option("max", "--pool", help="token pooling: max | meanmax")
+SEED = typer.Option(0, "--seed", help="seed for point sampling, random init, CV folds and episodes")
+DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
+BATCH = typer.Option(32, "--batch-size", help="shapes per encoder forward pass")
+PRESET = typer.Option("tiny", "--preset", help="architecture of --ckpt random: tiny | paper")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="show tqdm progress bars")
+
+
+def _out(out: Optional[Path], name: str) -> Path:
+    return out if out is not None else Path("runs") / "eval" / name
+
+
+def _show(result: dict) -> None:
+    from i2p.stage3_eval.report import headline, summary_rows
+
+    if result.get("warning"):
+        console.print(f"[bold red]WARNING: {result['warning']}[/]")
+    console.print(f"[bold green]{result['protocol']}[/] {result['data']}: [bold]{headline(result)}[/]")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in summary_rows(result):
+        table.add_row(key, value)
+    console.print(table)
+    console.print(f"written to {Path(result['files']['json']).parent}")
+
+
+def _c_value(C: str) -> str | float:
+    if C == "auto":
+        return C
+    try:
+        value = float(C)
+    except ValueError:
+        raise UserError(f"--C must be 'auto' or a positive number (got {C!r})") from None
+    if not value > 0:
+        raise UserError(f"--C must be positive (got {C})")
+    return value
+
+
+@app.command("svm")
+def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: str = POOL,
+            C: str = typer.Option("auto", "--C", help="'auto' (CV on train only) or a number"),
+            folds: int = typer.Option(5, "--cv-folds", help="folds of the C cross-validation"),
+            solver: str = typer.Option("svc", "--solver", help="svc (libsvm, paper's C) | liblinear"),
+            seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
+            device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+            progress: bool = PROGRESS) -> None:
+    """Linear SVM on frozen features; C by cross-validation on train, paper's C beside."""
+    from i2p.stage3_eval import runner
+
+    _show(runner.svm(ckpt, data, str(_out(out, "svm")), points, pool, _c_value(C), seed, device,
+                     batch_size, folds, solver, preset, progress))
+
+
+@app.command("knn")
+def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: str = POOL,
+            k: int = typer.Option(20, "--k", help="neighbours"),
+            vote: str = typer.Option("majority", "--vote", help="majority | weighted"),
+            seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
+            device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+            progress: bool = PROGRESS) -> None:
+    """kNN probe (cosine, faiss) on frozen features."""
+    from i2p.stage3_eval import runner
+
+    _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, pool, k, vote, seed, device, batch_size,
+                     preset, progress))
+
+
+@app.command("fewshot")
+def fewshot_cmd(ckpt: str = CKPT,
+                data: Optional[str] = typer.Option(None, "--data", help="data spec (or use --fold-dir)"),
+                way: int = typer.Option(5, "--way"), shot: int = typer.Option(10, "--shot"),
+                folds: int = typer.Option(10, "--folds"),
+                query: int = typer.Option(20, "--query", help="test shapes per class"),
+                mode: str = typer.Option("linear", "--mode", help="linear (SVM on frozen features) | finetune"),
+                fold_dir: Optional[Path] = typer.Option(None, "--fold-dir",
+                                                        help="Point-BERT ModelNetFewshot folds: DIR/{way}way_{shot}shot/{fold}.pkl"),
+                episodes_from: str = typer.Option("split", "--episodes-from",
+                                                  help="split: support from train, query from test | all: pool both"),
+                C: str = typer.Option("0.0093", "--C", help="SVM C per episode, or 'auto' (CV on the support set)"),
+                points: Optional[int] = POINTS, pool: str = POOL, seed: int = SEED,
+                out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
+                device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+                progress: bool = PROGRESS) -> None:
+    """N-way K-shot episodes; mean ± std accuracy over folds."""
+    from i2p.stage3_eval import runner
+
+    _show(runner.fewshot(ckpt, data, str(_out(out, f"fewshot_{way}way_{shot}shot")), way, shot, query,
+                         folds, mode, str(fold_dir) if fold_dir else None, points, pool, _c_value(C), seed,
+                         device, batch_size, episodes_from, preset, progress))
+
+
+@app.command("compare")
+def compare_cmd(results: List[Path] = typer.Argument(..., help="result.json files or their directories"),
+                markdown: bool = typer.Option(False, "--markdown", help="print the Markdown table instead")) -> None:
+    """One table across results."""
+    from i2p.stage3_eval.report import COMPARE_HEADER, compare, compare_rows
+
+    if markdown:
+        typer.echo(compare(results), nl=False)
+        return
+    rows = compare_rows(results)
+    table = Table(show_header=True, header_style="bold")
+    for h in COMPARE_HEADER:
+        table.add_column(h, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--local-radii must be comma-separated numbers (got {text!r})") from None
+    return vals if any(v > 0 for v in vals) else ()
+
+
+@app.command("finetune")
+def finetune_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS,
+                 epochs: int = typer.Option(300, "--epochs"), batch_size: int = BATCH,
+                 lr: float = typer.Option(5e-4, "--lr"), weight_decay: float = typer.Option(0.05, "--weight-decay"),
+                 warmup: int = typer.Option(10, "--warmup-epochs"),
+                 smoothing: float = typer.Option(0.2, "--label-smoothing"),
+                 dropout: float = typer.Option(0.5, "--dropout"),
+                 val_frac: float = typer.Option(0.1, "--val-frac", help="share of train held out for selection"),
+                 select_on: str = typer.Option("val", "--select-on",
+                                               help="val | test (best-on-test: flagged in the report) | last"),
+                 votes: int = typer.Option(1, "--vote", help="test-time voting passes (1 = none)"),
+                 local_radii: str = typer.Option("0.32,0.64,1.28", "--local-radii",
+                                                 help="attention radius per level; 0 = global attention"),
+                 seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result and checkpoint directory"),
+                 device: str = DEVICE, resume: bool = typer.Option(True, "--resume/--no-resume",
+                                                                   help="continue OUT/last.ckpt when present"),
+                 preset: str = PRESET, progress: bool = PROGRESS) -> None:
+    """Fine-tune encoder + MLP head; select on a validation split carved from train."""
+    from i2p.stage3_eval import runner
+
+    _show(runner.finetune(ckpt, data, str(_out(out, "finetune")), points, epochs, batch_size, lr, weight_decay,
+                          warmup, smoothing, dropout, val_frac, select_on, votes, _radii(local_radii), seed,
+                          device, resume, preset, progress))

@@ -1,0 +1,263 @@
+"""End-to-end protocol runs: data + encoder -> features -> protocol -> result files.
+
+Kept apart from the typer layer so that tests and scripts call the same code the CLI does.
+One ``seed`` drives everything that is random in a run (point sampling of the readers, the
+random-init baseline, the CV folds, few-shot episodes) and is written in the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from i2p.common.errors import UserError
+from i2p.common.geometry import stable_seed
+from i2p.stage3_eval import fewshot as fs
+from i2p.stage3_eval.features import (
+    RANDOM, calibrate_batchnorm, dataset_clouds, extract_features, load_encoder, resolve_device,
+)
+from i2p.stage3_eval.knn import run_knn
+from i2p.stage3_eval.report import write_result
+from i2p.stage3_eval.svm import run_svm, paper_C_for
+
+# The paper's point counts: ModelNet40 1024, ScanObjectNN 2048.
+_DEFAULT_POINTS = {"scanobjectnn": 2048}
+
+
+def default_points(spec: str) -> int:
+    return _DEFAULT_POINTS.get(spec.split(":", 1)[0], 1024)
+
+
+def open_splits(spec: str, points: int, seed: int, need_test: bool = True) -> dict:
+    """``{"train": ds, "test": ds}``; a spec without a test split is a one-line UserError."""
+    from i2p.common.datasets import create_dataset
+
+    train = create_dataset(spec, "train", num_points=points, seed=seed)
+    if not train.has_split("test"):
+        if need_test:
+            raise UserError(f"data {spec} has no test split")
+        return {"train": train}
+    return {"train": train, "test": create_dataset(spec, "test", num_points=points, seed=seed)}
+
+
+def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_size: int):
+    """``load_encoder`` plus, for ``random``, BatchNorm statistics estimated on the protocol's
+    own training shapes (see :func:`features.calibrate_batchnorm`); recorded in ``info``."""
+    model, info = load_encoder(ckpt, device, preset=preset, seed=seed)
+    if ckpt == RANDOM:
+        info["bn_calibration_shapes"] = calibrate_batchnorm(model, calib_clouds(), batch_size, device)
+    return model, info
+
+
+def _checkpoint_block(info: dict) -> dict:
+    return {"path": info["checkpoint"], "sha256": info.get("sha256"), "preset": info.get("preset"),
+            "init_seed": info.get("init_seed"), "epoch": info.get("epoch"), "step": info.get("step"),
+            "bn_calibration_shapes": info.get("bn_calibration_shapes"),
+            "model_config": info.get("model_config")}
+
+
+def _base(protocol: str, spec: str, info: dict, seed: int, settings: dict, splits: dict) -> dict:
+    return {"protocol": protocol, "data": spec,
+            "fingerprints": {k: ds.fingerprint() for k, ds in splits.items()},
+            "checkpoint": _checkpoint_block(info), "seeds": {"seed": seed}, "settings": settings}
+
+
+def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress):
+    points = points or default_points(spec)
+    splits = open_splits(spec, points, seed)
+    dev = resolve_device(device)
+    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
+    feats = {k: extract_features(model, ds, batch_size, dev, pool, progress) for k, ds in splits.items()}
+    for k, f in feats.items():
+        if len(f.y) == 0:
+            raise UserError(f"data {spec}: no usable {k} shapes")
+    return points, splits, dev, info, feats
+
+
+def _counts(feats: dict) -> dict:
+    return {"n_train": int(len(feats["train"].y)), "n_test": int(len(feats["test"].y)),
+            "skipped": {k: len(f.skipped) for k, f in feats.items()},
+            "skipped_samples": {k: f.skipped[:50] for k, f in feats.items() if f.skipped}}
+
+
+def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str = "max",
+        C: str | float = "auto", seed: int = 0, device: str = "auto", batch_size: int = 32,
+        folds: int = 5, solver: str = "svc", preset: str = "tiny", progress: bool = True) -> dict:
+    points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
+                                                           batch_size, preset, progress)
+    tr, te = feats["train"], feats["test"]
+    paper_C = paper_C_for(data)
+    res = run_svm(tr.X, tr.y, te.X, te.y, C=C, paper_C=paper_C, folds=folds, seed=seed, solver=solver)
+    pred = res.pop("predictions")
+    settings = {"points": points, "pool": pool, "C": C, "cv_folds": folds, "solver": solver,
+                "paper_C": paper_C, "standardize": False, "feature_dim": int(tr.X.shape[1]),
+                "device": str(dev), "batch_size": batch_size}
+    result = {**_base("svm", data, info, seed, settings, splits), **res, **_counts(feats)}
+    return write_result(out, result, te.y, pred, splits["train"].classes)
+
+
+def knn(ckpt: str, data: str, out: str, points: int | None = None, pool: str = "max", k: int = 20,
+        vote: str = "majority", seed: int = 0, device: str = "auto", batch_size: int = 32,
+        preset: str = "tiny", progress: bool = True) -> dict:
+    points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
+                                                           batch_size, preset, progress)
+    tr, te = feats["train"], feats["test"]
+    res = run_knn(tr.X, tr.y, te.X, te.y, k=k, vote_mode=vote, device=str(dev))
+    pred = res.pop("predictions")
+    settings = {"points": points, "pool": pool, "k": k, "vote": vote, "device": str(dev),
+                "batch_size": batch_size, "feature_dim": int(tr.X.shape[1])}
+    result = {**_base("knn", data, info, seed, settings, splits), **res, **_counts(feats)}
+    return write_result(out, result, te.y, pred, splits["train"].classes)
+
+
+def _fewshot_features(model, pools: dict, labels: dict, way, shot, query, folds, seed, batch_size,
+                      dev, pool, progress):
+    """Extract features only for shapes some episode uses. A shape that fails to load gets
+    label -1 (never drawn again) and the episodes are re-drawn, until every drawn shape loaded."""
+    X: dict[str, np.ndarray] = {}
+    done: dict[str, set] = {k: set() for k in pools}
+    skipped: list = []
+    two = "test" in pools
+    while True:
+        need = {k: set() for k in pools}
+        for f in range(folds):
+            ep = fs.sample_episode(labels["train"], way, shot, query, seed, f, labels.get("test"))
+            need["train"].update(ep["support"].tolist())
+            need["test" if two else "train"].update(ep["query"].tolist())
+        new_bad = False
+        for k, ds in pools.items():
+            todo = sorted(need[k] - done[k])
+            if not todo:
+                continue
+            feats = extract_features(model, ds, batch_size, dev, pool, progress, indices=todo)
+            pos = {sid: i for i, sid in enumerate(ds.ids)}
+            if k not in X:
+                X[k] = np.zeros((len(ds), feats.X.shape[1]), dtype=np.float32)
+            for sid, row in zip(feats.ids, feats.X):
+                X[k][pos[sid]] = row
+            for sid, reason in feats.skipped:
+                labels[k][pos[sid]] = -1
+                skipped.append((k, sid, reason))
+                new_bad = True
+            done[k].update(todo)
+        if not new_bad:
+            return X, skipped
+
+
+def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10, query: int = 20,
+            folds: int = 10, mode: str = "linear", fold_dir: str | None = None, points: int | None = None,
+            pool: str = "max", C: str | float = 0.0093, seed: int = 0, device: str = "auto",
+            batch_size: int = 32, episodes_from: str = "split", preset: str = "tiny",
+            progress: bool = True) -> dict:
+    if mode not in fs.MODES:
+        raise UserError(f"unknown few-shot mode {mode!r}: choose one of {', '.join(fs.MODES)}")
+    if mode == "finetune":
+        raise UserError("few-shot --mode finetune is not implemented yet; use --mode linear")
+    if episodes_from not in ("split", "all"):
+        raise UserError(f"--episodes-from must be 'split' or 'all' (got {episodes_from!r})")
+    if isinstance(C, str) and C != "auto":
+        try:
+            C = float(C)
+        except ValueError:
+            raise UserError(f"--C must be 'auto' or a positive number (got {C!r})") from None
+    points = points or (default_points(data) if data else 1024)
+    dev = resolve_device(device)
+    settings: dict[str, Any] = {"way": way, "shot": shot, "query": query, "folds": folds, "mode": mode,
+                                "points": points, "pool": pool, "C": C, "device": str(dev),
+                                "batch_size": batch_size}
+    if fold_dir:
+        def fold0_clouds():
+            items = fs.read_fold_file(fs.fold_path(fold_dir, way, shot, 0))["train"]
+            return (s.points for s in fs.fold_samples(items, points, seed, "calib") if hasattr(s, "points"))
+
+        model, info = encoder_for(ckpt, dev, preset, seed, fold0_clouds, batch_size)
+        res = fs.run_fold_files(model, fold_dir, way, shot, folds, points, seed, C, batch_size, dev,
+                                pool, progress)
+        settings["fold_dir"] = str(fold_dir)
+        base = _base("fewshot", data or f"modelnet-fewshot:{fold_dir}", info, seed, settings, {})
+        base["fingerprints"] = {f"fold {e['fold']}": e["sha256"] for e in res["episodes"]}
+        return write_result(out, {**base, **res})
+    if not data:
+        raise UserError("few-shot needs --data SPEC or --fold-dir DIR")
+    if episodes_from == "all":
+        from i2p.common.datasets import create_dataset
+
+        pools = {"train": create_dataset(data, "all", num_points=points, seed=seed)}
+    else:
+        pools = open_splits(data, points, seed, need_test=False)
+        if "test" not in pools:
+            raise UserError(f"data {data} has no test split (use --episodes-from all to pool every shape)")
+    labels = {k: np.asarray(ds.labels, dtype=np.int64).copy() for k, ds in pools.items()}
+    fs.sample_episode(labels["train"], way, shot, query, seed, 0, labels.get("test"))  # refuse early
+    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(pools["train"]), batch_size)
+    X, skipped = _fewshot_features(model, pools, labels, way, shot, query, folds, seed, batch_size,
+                                   dev, pool, progress)
+    res = fs.run_fewshot(X["train"], labels["train"], way, shot, query, folds, seed, C,
+                         X.get("test"), labels.get("test"), mode)
+    classes = pools["train"].classes
+    for ep in res["episodes"]:
+        ep["class_names"] = [classes[c] if 0 <= c < len(classes) else str(c) for c in ep["classes"]]
+    settings["episodes_from"] = episodes_from
+    base = _base("fewshot", data, info, seed, settings, {"all": pools["train"]} if episodes_from == "all" else pools)
+    return write_result(out, {**base, **res, "skipped": len(skipped), "skipped_samples": skipped[:50]})
+
+
+def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: int = 300,
+             batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 10,
+             smoothing: float = 0.2, dropout: float = 0.5, val_frac: float = 0.1, select_on: str = "val",
+             votes: int = 1, local_radii: tuple[float, ...] = (0.32, 0.64, 1.28), seed: int = 0,
+             device: str = "auto", resume: bool = True, preset: str = "tiny", progress: bool = True) -> dict:
+    """Fine-tune the encoder with a classification head; see :mod:`i2p.stage3_eval.finetune`."""
+    from pathlib import Path
+
+    import torch
+
+    from i2p.stage3_eval import finetune as ft
+
+    points = points or default_points(data)
+    if select_on not in ft.SELECT:
+        raise UserError(f"--select-on must be one of {', '.join(ft.SELECT)} (got {select_on!r})")
+    if epochs < 1 or votes < 1:
+        raise UserError(f"--epochs and --vote must be >= 1 (got {epochs}, {votes})")
+    splits = open_splits(data, points, seed)
+    dev = resolve_device(device)
+    torch.manual_seed(stable_seed(seed, "head"))
+    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
+    model.cpu()
+    n_levels = len(info["model_config"]["enc_dims"])
+    if local_radii and len(local_radii) != n_levels:
+        raise UserError(f"--local-radii needs {n_levels} values (one per level), got {len(local_radii)}")
+    Xtr, ytr, sk_tr = ft.load_clouds(splits["train"], progress=progress)
+    Xte, yte, sk_te = ft.load_clouds(splits["test"], progress=progress)
+    data_parts = {"test": (Xte, yte)}
+    if select_on == "val":
+        tr, va = ft.carve_validation(ytr, val_frac, seed)
+        data_parts["val"] = (Xtr[va], ytr[va])
+        Xtr, ytr = Xtr[tr], ytr[tr]
+    data_parts["train"] = (Xtr, ytr)
+    classes = splits["train"].classes
+    clf = ft.Classifier(model.encoder, len(classes), info["model_config"]["enc_dims"][-1],
+                        dropout=dropout, local_radii=local_radii)
+    settings = {"points": points, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "warmup_epochs": warmup, "label_smoothing": smoothing,
+                "dropout": dropout, "val_frac": val_frac if select_on == "val" else None,
+                "select_on": select_on, "votes": votes, "local_radii": list(local_radii or []),
+                "head": "meanmax MLP 256-256-classes", "checkpoint": ckpt, "data": data, "seed": seed}
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    state = ft.train(clf, data_parts, outp, epochs=epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, warmup=warmup, smoothing=smoothing, select_on=select_on,
+                     seed=seed, device=dev, settings=settings, resume=resume, progress=progress)
+    probs1 = ft.predict(clf, Xte, batch_size, dev, 1, seed)
+    probs = ft.predict(clf, Xte, batch_size, dev, votes, seed) if votes > 1 else probs1
+    pred = probs.argmax(1)
+    result = {**_base("finetune", data, info, seed, {**settings, "device": str(dev)}, splits),
+              "accuracy": float(np.mean(pred == yte)), "accuracy_no_vote": float(np.mean(probs1.argmax(1) == yte)),
+              "selected_epoch": state["best_epoch"], "selection_score": state["best"],
+              "history": state["history"], "n_train": int(len(ytr)), "n_val": int(len(data_parts.get("val", ((), []))[1])),
+              "n_test": int(len(yte)), "skipped": {"train": len(sk_tr), "test": len(sk_te)},
+              "finetuned_checkpoint": str(outp / "best.ckpt")}
+    if select_on == "test":
+        result["warning"] = ft.TEST_WARNING
+    return write_result(out, result, yte, pred, classes)
