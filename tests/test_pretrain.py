@@ -4,6 +4,7 @@ cached targets equal online-teacher targets, refusals."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,13 +45,16 @@ def tiny_cfg(**sets) -> pcfg.PretrainConfig:
 
 
 def test_loss_falls_and_run_dir_is_complete(small_cache, tmp_path):
-    cfg = tiny_cfg(**{"optim.epochs": 6, "data.augment": "false", "optim.lr": "2e-3"})
+    cfg = tiny_cfg(**{"optim.epochs": 6})
     result = pretrain(small_cache, str(tmp_path / "run"), cfg)
     assert result.step == 36
-    ls = list(losses(tmp_path / "run").values())
-    assert len(ls) == 36 and all(torch.isfinite(torch.tensor(ls)))
-    first, last = sum(ls[:4]) / 4, sum(ls[-4:]) / 4
-    assert last < 0.8 * first, (first, last)
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 36 and all(math.isfinite(r["loss"]) for r in recs)
+    l3 = [r["loss_3d"] for r in recs]
+    # The 3D reconstruction falls fast and steadily; the 2D part is checked on a fixed batch in
+    # test_model (here each step sees other shapes and other visible tokens, so it is noisy).
+    assert sum(l3[-6:]) / 6 < 0.5 * sum(l3[:3]) / 3, l3
+    assert all(r["loss"] == pytest.approx(r["loss_3d"] + r["loss_2d"], rel=1e-5) for r in recs)
     run = tmp_path / "run"
     assert (run / "config.yaml").exists() and (run / "last.ckpt").exists() and (run / "epoch-0005.ckpt").exists()
     assert any((run / "tb").iterdir())

@@ -35,6 +35,12 @@ class DataConfig:
     scale_low: float = 2 / 3
     scale_high: float = 3 / 2
     shift: float = 0.2
+    # Standardise each teacher channel (mean/std over cached maps) before it becomes a 2D
+    # target. Teachers' channels differ in scale by 10x and more (effnet-lite2), which lets a
+    # few channels dominate the MSE and makes lambda_2d meaningless; false = the paper's raw
+    # features.
+    normalize_targets: bool = True
+    normalize_samples: int = 256  # cached samples the channel statistics are computed from
 
 
 @dataclass

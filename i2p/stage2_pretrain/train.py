@@ -101,6 +101,26 @@ def _make_loader(ds: CacheDataset, cfg: pcfg.PretrainConfig, epoch: int, start: 
                                        prefetch_factor=4 if workers > 0 else None)
 
 
+def target_stats(ds: CacheDataset, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the cached teacher features over the first ``samples``
+    valid samples (all views and pixels). Deterministic: every rank and every resume gets the
+    same numbers. Back-projection is linear with weights summing to 1, so standardising the
+    maps equals standardising the targets."""
+    root = ds._arrays()
+    idx = ds.indices[:samples]
+    total = sq = None
+    count = 0
+    for start in range(0, len(idx), 32):
+        block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
+        block = block.reshape(-1, block.shape[-1])
+        total = block.sum(0) if total is None else total + block.sum(0)
+        sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
+        count += block.shape[0]
+    mean = total / count
+    std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float(), std.float()
+
+
 def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device):
     from i2p.stage1_project.teachers import create_teacher, teacher_fingerprint
 
@@ -201,6 +221,10 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
     if dist_info.is_main:
         pcfg.save(cfg, run_dir / "config.yaml")
     teacher = _online_teacher(cfg, attrs, device) if cfg.online_teacher else None
+    norm = None
+    if cfg.data.normalize_targets and cfg.model.use_2d:
+        mean, std = target_stats(ds, cfg.data.normalize_samples)
+        norm = (mean.to(device), std.to(device))
 
     train_model = model
     if cfg.compile and device.type == "cuda":
@@ -217,6 +241,7 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": None, "step": step, "epoch": step // steps_per_epoch,
                  "rng_torch": torch.get_rng_state(), "config": pcfg.to_dict(cfg),
+                 "target_norm": None if norm is None else {"mean": norm[0].cpu(), "std": norm[1].cpu()},
                  "cache": {"path": cache, "teacher": attrs["settings"]["teacher"],
                            "teacher_weights_sha256": attrs["settings"]["teacher_weights_sha256"],
                            "data_fingerprint": attrs["settings"]["data_fingerprint"]},
@@ -250,6 +275,8 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
                             feats = batch["features"].to(device, non_blocking=True)
                             sal = batch["saliency"].to(device, non_blocking=True)
                             proj = batch["proj"].to(device, non_blocking=True)
+                        if norm is not None:
+                            feats = (feats.float() - norm[0]) / norm[1]
                         out_ = train_model(points, feats, sal, proj, batch["scale"].to(device),
                                            batch["shift"].to(device), generator=gen)
                     loss = out_["loss"]
