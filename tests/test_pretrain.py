@@ -170,3 +170,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_cache, tmp_path, mo
     with pytest.raises(TrainingError, match="nan.*step 3"):
         pretrain(small_cache, str(tmp_path / "run"), cfg)
     assert load_checkpoint(tmp_path / "run" / "last.ckpt")["step"] == 2
+
+
+def test_two_caches_train_together_and_mismatch_is_refused(small_cache, tmp_path):
+    other = tmp_path / "other"
+    build_small_cache(other, data="builtin:primitives?n_train=1&n_test=1", points=512)
+    cfg = tiny_cfg()
+    res = pretrain([small_cache, str(other)], str(tmp_path / "run"), cfg, max_steps=2)
+    assert res.step == 2
+    ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert ckpt["cache"]["paths"] == [small_cache, str(other)]
+    from i2p.cache.reader import MultiCacheDataset
+    ds = MultiCacheDataset([small_cache, str(other)])
+    assert len(ds) == 52 + 13 and len({ds[i]["index"] for i in range(len(ds))}) == 65
+    wrong = tmp_path / "wrong"
+    build_small_cache(wrong, data="builtin:primitives?n_train=1&n_test=1", points=256)
+    with pytest.raises(CacheError, match="num_points|points"):
+        pretrain([small_cache, str(wrong)], str(tmp_path / "run2"), cfg)

@@ -8,7 +8,8 @@ import typer
 
 
 def pretrain(
-    cache: str = typer.Option(..., help="Stage-1 cache directory or URL"),
+    cache: List[str] = typer.Option(..., help="Stage-1 cache directory or URL (repeat to mix caches "
+                                    "built with the same teacher and settings)"),
     out: str = typer.Option(..., help="Run directory (last.ckpt, config.yaml, metrics.jsonl, tb/)"),
     config: str = typer.Option("paper", help="Preset (tiny, paper) or a YAML file"),
     set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)"),

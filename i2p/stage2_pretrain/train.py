@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from i2p import __version__
-from i2p.cache.reader import CacheDataset, open_for_training
+from i2p.cache.reader import CacheDataset, MultiCacheDataset, open_many_for_training
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
@@ -101,21 +101,22 @@ def _make_loader(ds: CacheDataset, cfg: pcfg.PretrainConfig, epoch: int, start: 
                                        prefetch_factor=4 if workers > 0 else None)
 
 
-def target_stats(ds: CacheDataset, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of the cached teacher features over the first ``samples``
-    valid samples (all views and pixels). Deterministic: every rank and every resume gets the
+def target_stats(ds: MultiCacheDataset, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the cached teacher features over the first valid samples of
+    each cache (``samples`` in all, split evenly; all views and pixels). Deterministic: every rank and every resume gets the
     same numbers. Back-projection is linear with weights summing to 1, so standardising the
     maps equals standardising the targets."""
-    root = ds._arrays()
-    idx = ds.indices[:samples]
     total = sq = None
     count = 0
-    for start in range(0, len(idx), 32):
-        block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
-        block = block.reshape(-1, block.shape[-1])
-        total = block.sum(0) if total is None else total + block.sum(0)
-        sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
-        count += block.shape[0]
+    for part in ds.parts:
+        root = part._arrays()
+        idx = part.indices[:max(1, samples // len(ds.parts))]
+        for start in range(0, len(idx), 32):
+            block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
+            block = block.reshape(-1, block.shape[-1])
+            total = block.sum(0) if total is None else total + block.sum(0)
+            sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
+            count += block.shape[0]
     mean = total / count
     std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
     return mean.float(), std.float()
@@ -178,10 +179,13 @@ class MetricsLog:
             self.tb.close()
 
 
-def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True,
+def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume: bool = True,
              probe_cache: str | None = None, max_steps: int | None = None) -> RunResult:
-    """Train from ``cache`` into run directory ``out``. ``max_steps`` stops early (tests)."""
-    attrs = open_for_training(cache, cfg.data.points)
+    """Train from ``cache`` (one or several caches with the same teacher and settings) into run
+    directory ``out``. ``max_steps`` stops early (tests)."""
+    caches = [cache] if isinstance(cache, str) else list(cache)
+    all_attrs = open_many_for_training(caches, cfg.data.points)
+    attrs = all_attrs[0]
     cfg = _prepare_model_config(cfg, attrs)
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device.type)
@@ -196,7 +200,7 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
     model = build_model(cfg.model).to(device)
     opt = torch.optim.AdamW(optimizer_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=cfg.optim.betas)
-    ds = CacheDataset(cache, with_targets=not cfg.online_teacher, augment=cfg.data.augment, seed=cfg.seed,
+    ds = MultiCacheDataset(caches, with_targets=not cfg.online_teacher, augment=cfg.data.augment, seed=cfg.seed,
                       scale_range=(cfg.data.scale_low, cfg.data.scale_high), shift_range=cfg.data.shift)
     steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(ds), cfg.optim.batch_size)
     if steps_per_epoch == 0:
@@ -242,9 +246,9 @@ def pretrain(cache: str, out: str, cfg: pcfg.PretrainConfig, resume: bool = True
                  "scaler": None, "step": step, "epoch": step // steps_per_epoch,
                  "rng_torch": torch.get_rng_state(), "config": pcfg.to_dict(cfg),
                  "target_norm": None if norm is None else {"mean": norm[0].cpu(), "std": norm[1].cpu()},
-                 "cache": {"path": cache, "teacher": attrs["settings"]["teacher"],
+                 "cache": {"path": caches[0], "paths": caches, "teacher": attrs["settings"]["teacher"],
                            "teacher_weights_sha256": attrs["settings"]["teacher_weights_sha256"],
-                           "data_fingerprint": attrs["settings"]["data_fingerprint"]},
+                           "data_fingerprints": [a["settings"]["data_fingerprint"] for a in all_attrs]},
                  "i2p_version": __version__}
         save_checkpoint(state, last)
         if tag_epoch is not None and cfg.log.keep_every_epochs and tag_epoch % cfg.log.keep_every_epochs == 0:

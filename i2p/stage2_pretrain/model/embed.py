@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class _PointwiseBN(nn.Module):
@@ -33,6 +34,13 @@ def _norm(c: int, kind: str) -> nn.Module:
     return _PointwiseBN(c) if kind == "batch" else nn.LayerNorm(c)
 
 
+def _rows(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply a shared MLP to rows ``[m, C]`` (its pointwise BatchNorm as plain BatchNorm1d)."""
+    for layer in layers:
+        x = layer.bn(x) if isinstance(layer, _PointwiseBN) else layer(x)
+    return x
+
+
 class MiniPointNet(nn.Module):
     """``[n, K, C_in] -> [n, C_out]``: f = MLP1(x); g = max_K f; y = MLP2([g, f]); max_K y."""
 
@@ -44,9 +52,21 @@ class MiniPointNet(nn.Module):
                                     nn.Linear(2 * mid, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.first(x)
-        g = f.max(dim=1, keepdim=True).values.expand_as(f)
-        return self.second(torch.cat([g, f], dim=-1)).max(dim=1).values
+        n, k, _ = x.shape
+        # The shared MLPs run on [n*K, C] rows, so the in-place ReLU acts on the norm's own
+        # output rather than on a reshaped view of it (a view would make autograd record a
+        # CopySlices node that clones the whole gradient).
+        f = _rows(self.first, x.reshape(n * k, -1)).view(n, k, -1)
+        g = f.max(dim=1, keepdim=True).values  # [n, 1, mid]
+        # second[0](cat([g, f])) computed without the concatenation: the pooled half of the
+        # weight multiplies g once per GROUP instead of once per member (W [g; f] = W_g g + W_f f).
+        # Same parameters and state dict as the concatenated form; about a third fewer FLOPs
+        # in the level-1 embedding, which dominates the step on CPU.
+        lin = self.second[0]
+        mid = f.shape[-1]
+        y = F.linear(f, lin.weight[:, mid:]) + F.linear(g, lin.weight[:, :mid], lin.bias)
+        y = _rows(self.second[1:], y.view(n * k, -1))
+        return y.view(n, k, -1).max(dim=1).values
 
 
 class TokenEmbed(nn.Module):

@@ -148,7 +148,9 @@ class I2PMAE(nn.Module):
         k = cfg.group_sizes[cfg.head_level]
         pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
         target = feature_targets(view_features, points, h, cfg.head_level, proj, cfg.image_size, b_idx, g_idx)
-        return per_sample_mean((pred - target).pow(2).mean(dim=(1, 2)), b_idx, len(points))
+        # mse_loss(reduction='none') is (pred - target)^2 bit for bit, with a one-pass backward.
+        err = nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
+        return per_sample_mean(err, b_idx, len(points))
 
     # ------------------------------------------------------------------ feature extraction
     def encode_levels(self, points: torch.Tensor) -> list[LevelOutput]:

@@ -26,4 +26,7 @@ def uniform(shape: tuple[int, ...], rng: Rng, device: torch.device | str) -> tor
         return torch.rand(shape, generator=rng, device=rng.device).to(device)
     if len(rng) != shape[0]:
         raise ValueError(f"{len(rng)} per-sample generators for a batch of {shape[0]}")
-    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in rng])
+    rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in rng]
+    if all(r.device == rows[0].device for r in rows):  # one stack, one host-to-device copy
+        return torch.stack(rows).to(device)
+    return torch.stack([r.to(device) for r in rows])
