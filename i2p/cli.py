@@ -29,6 +29,11 @@ def _mount() -> None:
     app.add_typer(cache_app, name="cache")
     app.command("pretrain")(pretrain)
     app.add_typer(eval_app, name="eval")
+    from i2p.study.cli import app as study_app; app.add_typer(study_app, name="study")  # noqa: E702
+    from i2p.cluster.cli import app as submit_app; app.add_typer(submit_app, name="submit")  # noqa: E702
+    from i2p.viz.cli import app as viz_app; app.add_typer(viz_app, name="viz")  # noqa: E702
+    from i2p.report.cli import report; app.command("report")(report)  # noqa: E702
+    from i2p.demo import demo; app.command("demo")(demo)  # noqa: E702
 
 
 @app.command()

@@ -28,8 +28,12 @@ def build(
     seed: int = typer.Option(0, help="Seed of point sampling"),
     read_workers: int = typer.Option(4, min=1, help="Threads reading shapes"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
+    dask: Optional[str] = typer.Option(None, help="Spread shards over dask workers: local:K (K worker "
+                                       "processes here) or tcp://HOST:PORT (a running scheduler)"),
 ) -> None:
-    """Build (or finish: re-running does only missing shards) a feature cache."""
+    """Build (or finish: re-running does only missing shards) a feature cache.
+
+    SIGTERM/SIGUSR1 finish the shard in progress and stop; re-running resumes."""
     from rich.console import Console
 
     from i2p.stage1_project.build import BuildConfig, build_cache, parse_shard, summary_line
@@ -37,9 +41,16 @@ def build(
     cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=split,
                       points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
                       limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress)
-    report = build_cache(cfg)
+    if dask:
+        from i2p.cluster.dask_build import build_cache_dask
+
+        report = build_cache_dask(cfg, dask)
+    else:
+        report = build_cache(cfg)
     console = Console(stderr=True)
     console.print(summary_line(report))
+    for worker, w in sorted(report.workers.items()):
+        console.print(f"  dask worker {worker}: shards {w['shards']}, teacher created {w['teacher_created']}x")
     t = report.timings
     if sum(t.values()) > 0:
         console.print("phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))

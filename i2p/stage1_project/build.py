@@ -4,12 +4,20 @@ The unit of work and of resume is a shard of 64 samples (see :mod:`i2p.cache.sto
 shard is processed in fixed sub-batches of its own samples, so its bytes do not depend on
 which process, array task or resumed run computed it: a killed build re-run, or ``--shard I/N``
 builds into one directory, give the same store as one uninterrupted process.
+
+SIGTERM/SIGUSR1 (a Slurm time-limit warning, pre-emption) finish the shard in progress, write it
+and stop. :func:`worker_plan` and :func:`worker_build_shards` are the same work as plain
+functions for dask workers (``--dask``, :mod:`i2p.cluster.dask_build`); a worker process keeps
+its dataset and teacher between shards.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 import platform
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +66,8 @@ class BuildReport:
     timings: dict = field(default_factory=dict)
     complete: bool = False
     seconds: float = 0.0
+    stopped_by_signal: str | None = None  # e.g. 'SIGTERM' when a signal ended the build early
+    workers: dict = field(default_factory=dict)  # dask builds: 'host:pid' -> shards, teacher creations
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -189,13 +199,7 @@ def _compute(pts: np.ndarray, teacher, device: torch.device, batch: int, layout:
     return feats, sal, proj, t_proj, t_teach
 
 
-def build_cache(cfg: BuildConfig, teacher_factory: Callable | None = None,
-                on_progress: Callable[[int], None] | None = None) -> BuildReport:
-    """Build (or finish) the cache described by ``cfg``; returns what was done."""
-    from i2p.stage1_project.teachers import create_teacher, teacher_fingerprint
-
-    t_start = time.perf_counter()
-    shard_i, shard_n = cfg.shard
+def _make_dataset(cfg: BuildConfig) -> PointDataset:
     ds = create_dataset(cfg.data, split=cfg.split, num_points=cfg.points, seed=cfg.seed)
     if cfg.limit is not None:
         if cfg.limit < 1:
@@ -203,44 +207,82 @@ def build_cache(cfg: BuildConfig, teacher_factory: Callable | None = None,
         ds = _Subset(ds, cfg.limit)
     if len(ds) == 0:
         raise UserError(f"data {cfg.data} split {cfg.split} has no samples")
+    return ds
+
+
+def _make_teacher(cfg: BuildConfig, teacher_factory: Callable | None = None):
+    """(teacher, device): the frozen teacher on the resolved device."""
+    from i2p.stage1_project.teachers import create_teacher
+
     device = resolve_device(cfg.device)
     teacher = (teacher_factory or create_teacher)(cfg.teacher, weights=cfg.teacher_weights, device=device)
+    return teacher, device
+
+
+def prepare_store(cfg: BuildConfig, ds: PointDataset, teacher, warn: bool = True):
+    """Open (or create) the store for ``cfg``; returns (root, layout, my shards, shards still to do).
+    A store holding a cache built with other settings is refused (or replaced with --overwrite)."""
+    from i2p.stage1_project.teachers import teacher_fingerprint
+
     tinfo = teacher_fingerprint(teacher)
-    if tinfo["is_random"]:
+    if tinfo["is_random"] and warn:
         warnings.warn(f"teacher {cfg.teacher} uses RANDOM weights (--teacher-weights random): "
                       "features carry no 2D knowledge; this is recorded in the cache", stacklevel=1)
     layout = cs.CacheLayout(len(ds), cfg.points, len(VIEW_AXES), tuple(teacher.feature_shape))
     settings = _settings(cfg, ds, tinfo, layout)
     root = _open_or_create(cfg, layout, settings, ds)
-
+    shard_i, shard_n = cfg.shard
     finished = cs.done_shards(root)
     mine = [s for s in range(layout.num_shards) if s % shard_n == shard_i]
     todo = [s for s in mine if s not in finished]
+    return root, layout, mine, todo
+
+
+def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher, device: torch.device,
+                 root, layout: cs.CacheLayout, stop=None) -> Iterator[dict]:
+    """Compute and write ``shards`` one after the other, yielding one record per shard written
+    (its data first, then its completion marker). If ``stop.signal`` becomes set (SIGTERM/SIGUSR1),
+    the shard in progress is finished and written, and no further shard is started."""
+    for shard, pts, skips, t_read in _shard_reader(ds, layout, shards, cfg.read_workers):
+        feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout)
+        t0 = time.perf_counter()
+        lo, hi = layout.shard_range(shard)
+        root["features"][lo:hi] = feats
+        root["saliency"][lo:hi] = sal
+        root["proj"][lo:hi] = proj
+        root["points"][lo:hi] = pts
+        t_write = time.perf_counter() - t0
+        timing = {"read": t_read, "project": t_proj, "teacher": t_teach, "write": t_write}
+        cs.mark_shard_done(root, shard, {"skips": skips, "timings": timing, "samples": hi - lo,
+                                         "host": platform.node()})
+        yield {"shard": shard, "samples": hi - lo, "skips": skips, "timings": timing}
+        if stop is not None and stop.signal is not None:
+            return
+
+
+def build_cache(cfg: BuildConfig, teacher_factory: Callable | None = None,
+                on_progress: Callable[[int], None] | None = None) -> BuildReport:
+    """Build (or finish) the cache described by ``cfg``; returns what was done.
+
+    SIGTERM/SIGUSR1 (Slurm's warning before a time limit, pre-emption) finish the shard in
+    progress, write it, and return early with ``report.stopped_by_signal`` set; re-running the
+    same command does the rest."""
+    from i2p.cluster.signals import StopOnSignal
+
+    t_start = time.perf_counter()
+    ds = _make_dataset(cfg)
+    teacher, device = _make_teacher(cfg, teacher_factory)
+    root, layout, mine, todo = prepare_store(cfg, ds, teacher)
     report = BuildReport(cfg.out, layout.num_samples, layout.num_shards, 0, len(mine) - len(todo))
     totals = dict.fromkeys(PHASES, 0.0)
     bar = _progress(sum(hi - lo for lo, hi in map(layout.shard_range, todo)), cfg.progress)
     try:
-        for shard, pts, skips, t_read in _shard_reader(ds, layout, todo, cfg.read_workers):
-            feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout)
-            t0 = time.perf_counter()
-            lo, hi = layout.shard_range(shard)
-            root["features"][lo:hi] = feats
-            root["saliency"][lo:hi] = sal
-            root["proj"][lo:hi] = proj
-            root["points"][lo:hi] = pts
-            t_write = time.perf_counter() - t0
-            timing = {"read": t_read, "project": t_proj, "teacher": t_teach, "write": t_write}
-            cs.mark_shard_done(root, shard, {"skips": skips, "timings": timing, "samples": hi - lo,
-                                             "host": platform.node()})
-            for k in PHASES:
-                totals[k] += timing[k]
-            report.shards_done_now += 1
-            report.skipped_samples.extend(skips)
-            if bar is not None:
-                bar.update(hi - lo)
-                bar.set_postfix(skipped=len(report.skipped_samples))
-            if on_progress is not None:
-                on_progress(shard)
+        with StopOnSignal() as stop:
+            for rec in build_shards(cfg, todo, ds, teacher, device, root, layout, stop=stop):
+                _account(report, totals, rec, bar)
+                if on_progress is not None:
+                    on_progress(rec["shard"])
+            report.stopped_by_signal = stop.name
     finally:
         if bar is not None:
             bar.close()
@@ -248,6 +290,69 @@ def build_cache(cfg: BuildConfig, teacher_factory: Callable | None = None,
     report.seconds = time.perf_counter() - t_start
     report.complete = finalize(root)
     return report
+
+
+def _account(report: BuildReport, totals: dict, rec: dict, bar) -> None:
+    for k in PHASES:
+        totals[k] += rec["timings"][k]
+    report.shards_done_now += 1
+    report.skipped_samples.extend(rec["skips"])
+    if bar is not None:
+        bar.update(rec["samples"])
+        bar.set_postfix(skipped=len(report.skipped_samples))
+
+
+# ---- callable from a dask worker -----------------------------------------------------------
+# A worker process keeps its dataset and teacher between tasks: the teacher is created once per
+# worker (per teacher settings), not once per shard.
+
+_WORKER_STATE: dict = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_cached(key: tuple, make: Callable):
+    with _WORKER_LOCK:
+        if key not in _WORKER_STATE:
+            _WORKER_STATE[key] = (make(), time.time())
+            return _WORKER_STATE[key][0], True
+        return _WORKER_STATE[key][0], False
+
+
+def _worker_setup(cfg: BuildConfig, teacher_module: str | None):
+    if teacher_module:
+        importlib.import_module(teacher_module)  # registers a teacher defined outside i2p
+    ds, _ = _worker_cached(("data", cfg.data, cfg.split, cfg.points, cfg.seed, cfg.limit),
+                           lambda: _make_dataset(cfg))
+    (teacher, device), created = _worker_cached(("teacher", cfg.teacher, cfg.teacher_weights, cfg.device),
+                                                lambda: _make_teacher(cfg))
+    return ds, teacher, device, created
+
+
+def worker_plan(cfg: BuildConfig, teacher_module: str | None = None) -> dict:
+    """On a worker: create or check the store; return the layout and the shards still to do."""
+    ds, teacher, _, created = _worker_setup(cfg, teacher_module)
+    _, layout, mine, todo = prepare_store(cfg, ds, teacher, warn=False)
+    from i2p.stage1_project.teachers import teacher_fingerprint
+
+    return {"num_samples": layout.num_samples, "num_shards": layout.num_shards, "mine": mine, "todo": todo,
+            "shard_sizes": {s: layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in todo},
+            "teacher_random": teacher_fingerprint(teacher)["is_random"], "teacher_created": created,
+            "pid": os.getpid(), "host": platform.node()}
+
+
+def worker_build_shards(cfg: BuildConfig, shards: list[int], teacher_module: str | None = None) -> list[dict]:
+    """On a worker: build ``shards`` of the (already created) store; one record per shard."""
+    ds, teacher, device, created = _worker_setup(cfg, teacher_module)
+    root = cs.open_store(cfg.out, mode="r+")
+    layout = cs.layout_of(root)
+    if layout.num_samples != len(ds):
+        raise CacheError(f"{cfg.out} has {layout.num_samples} samples, the data {len(ds)}")
+    done = cs.done_shards(root)
+    out = []
+    for rec in build_shards(cfg, [s for s in shards if s not in done], ds, teacher, device, root, layout):
+        out.append({**rec, "pid": os.getpid(), "host": platform.node(), "teacher_created": created})
+        created = False
+    return out
 
 
 def _progress(total: int, enabled: bool):
@@ -303,9 +408,12 @@ def summary_line(report: BuildReport) -> str:
     n_skip = len(report.skipped_samples)
     rate = report.num_samples / report.seconds if report.seconds else math.nan
     state = "complete" if report.complete else f"partial ({report.shards_done_now} shards by this process)"
+    if report.stopped_by_signal:
+        state += f", stopped by {report.stopped_by_signal} (re-run the command to resume)"
     return (f"cache {report.out}: {state}; {report.shards_done_now} shards written, "
             f"{report.shards_skipped_existing} already done; {n_skip} samples skipped; "
             f"{report.seconds:.1f}s ({rate:.1f} shapes/s overall)")
 
 
-__all__ = ["BuildConfig", "BuildReport", "build_cache", "parse_shard", "finalize", "summary_line", "asdict"]
+__all__ = ["BuildConfig", "BuildReport", "build_cache", "build_shards", "prepare_store", "parse_shard", "finalize",
+           "summary_line", "worker_plan", "worker_build_shards", "asdict"]
