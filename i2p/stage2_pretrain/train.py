@@ -308,13 +308,18 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                     if bar is not None:
                         bar.update(1)
                     epoch_end = step % steps_per_epoch == 0
-                    if epoch_end or step % cfg.log.ckpt_every_steps == 0 or stop.signal or step == limit:
+                    # Under torchrun every rank must agree to stop at the same step, or the
+                    # ranks that go on would hang in their next all-reduce.
+                    stop_now = bool(stop.signal)
+                    if dist_info.enabled:
+                        stop_now = bool(mean_across(torch.tensor(float(stop_now)), dist_info).item() > 0)
+                    if epoch_end or step % cfg.log.ckpt_every_steps == 0 or stop_now or step == limit:
                         save(step // steps_per_epoch if epoch_end else None)
                     if epoch_end and probe_cache and dist_info.is_main and \
                             (step // steps_per_epoch) % cfg.log.probe_every_epochs == 0:
                         log.write({"step": step, "epoch": epoch, **_probe(model, probe_cache, device)})
-                    if stop.signal or step >= limit:
-                        stopped = bool(stop.signal)
+                    if stop_now or step >= limit:
+                        stopped = stop_now
                         break
     finally:
         if bar is not None:
