@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 from i2p import __version__
 from i2p.cache.reader import CacheDataset, MultiCacheDataset, open_many_for_training
+from i2p.cluster.signals import StopOnSignal
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
@@ -58,29 +58,6 @@ def _lr_lambda(warmup: int, total: int, base: float, floor: float):
         t = (step - warmup) / max(1, total - warmup)
         return (floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(1.0, t)))) / base
     return f
-
-
-class _StopFlag:
-    """Turns SIGTERM/SIGUSR1 into "checkpoint after this step and exit"."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _prepare_model_config(cfg: pcfg.PretrainConfig, attrs: dict) -> pcfg.PretrainConfig:
@@ -261,7 +238,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
         bar = tqdm(total=limit, initial=step, unit="step", desc="pretrain", dynamic_ncols=True)
     stopped = False
     try:
-        with _StopFlag() as stop:
+        with StopOnSignal() as stop:
             while step < limit and not stopped:
                 epoch, start = divmod(step, steps_per_epoch)
                 model.train()
