@@ -6,8 +6,14 @@ never a traceback; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+
+# Idle OpenMP threads that spin instead of sleeping made a paper-model step 3-10x slower on a
+# loaded 2-core machine (benchmarks/); passive waiting costs nothing measurable when idle. Set
+# before torch is imported (commands import it lazily); a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 import typer

@@ -72,11 +72,10 @@ def project(points: torch.Tensor, size: int = IMAGE_SIZE, stamp: int = STAMP,
     bsz, n = points.shape[:2]
     nv = len(views)
     proj = projection_params(points, size, views)
-    pix = pixel_indices(points, proj, size, views)  # [B,V,N,2], clamped centre pixel
-    # Re-derive the unclamped centre so that stamps near the border clamp per offset.
+    # The unclamped centre pixel (pixel_indices' arithmetic without its clamp), so that stamps
+    # near the border clamp per offset.
     vc = _view_coords(points, views)
     raw = torch.floor((vc[..., :2] - proj[:, :, None, 0:2]) / proj[:, :, None, 2:3]) + 1 + proj[:, :, None, 3:5]
-    del pix
     half = stamp // 2
     off = torch.arange(-half, half + 1, device=points.device, dtype=raw.dtype)
     rows = (raw[..., 0, None, None] + off[:, None]).clamp(0, size - 1).long()  # [B,V,N,s,1]

@@ -1,0 +1,1 @@
+"""i2p performance benchmarks: ``python -m benchmarks [--quick] [--out DIR]`` (see ``run.py``)."""

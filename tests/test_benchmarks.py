@@ -1,0 +1,35 @@
+"""The benchmark harness runs end to end at tiny sizes and reports every ratio (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def test_benchmark_harness_smoke(tmp_path):
+    from benchmarks.run import GOALS, RATIO_KEYS, main
+
+    prev = torch.get_num_threads()
+    try:
+        # In-process so the conftest's tiny teacher (registered in this process) can stand in
+        # for CLIP; the sizes are the harness's 'smoke' preset.
+        report = main(["--smoke", "--in-process", "--teacher", "test-tiny", "--threads", "1",
+                       "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work")])
+    finally:
+        torch.set_num_threads(prev)
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(RATIO_KEYS) <= set(data["ratios"])
+    for key in RATIO_KEYS:
+        assert data["ratios"][key] is not None, key
+    for key in GOALS:
+        assert data["goals"][key]["holds"] in (True, False)
+    for section in ("stage1", "stage2", "reads", "point_ops"):
+        assert data["results"][section]["memory"]["rss_peak_mib"] > 0
+    s1 = data["results"]["stage1"]
+    assert set(s1["phase_seconds"]) == {"read", "project", "teacher", "write"}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Ratios and goals" in md and "cached_vs_online_paper" in md
+    assert report["ratios"] == data["ratios"]
