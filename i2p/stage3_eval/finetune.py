@@ -129,6 +129,9 @@ def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: in
         raise UserError(f"--select-on must be one of {', '.join(SELECT)} (got {select_on!r})")
     Xtr, ytr = data["train"]
     steps_per_epoch = math.ceil(len(ytr) / batch_size)
+    # The paper warms up 10 of 300 epochs; a short run keeps that proportion (at least one
+    # epoch) instead of ending before its learning rate ever reaches the base value.
+    warmup = min(warmup, max(1, epochs // 10))
     total, warm = epochs * steps_per_epoch, warmup * steps_per_epoch
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "history": []}
