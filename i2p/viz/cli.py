@@ -1,0 +1,71 @@
+"""``i2p viz sample|recon``: figures of one cached sample, headless (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Figures: a sample's stage-1 images, saliency and masks; a checkpoint's reconstruction.",
+                  no_args_is_help=True)
+
+
+def render_sample(cache: str, index: int, out: str | Path, config: str | None = "paper", seed: int | None = None,
+                  step: int = 0, temperature: float | None = None, epoch: int | None = None) -> Path:
+    from i2p.viz.data import sample_viz
+    from i2p.viz.figures import sample_figure, save_figure
+
+    return save_figure(sample_figure(sample_viz(cache, index, config, seed, step, temperature, epoch)), out)
+
+
+def render_recon(ckpt: str, cache: str, index: int, out: str | Path, seed: int | None = None, step: int = 0,
+                 mask: str | None = None) -> Path:
+    from i2p.common.errors import UserError
+    from i2p.viz.data import load_model, load_sample, reconstruct
+    from i2p.viz.figures import recon_figure, save_figure
+
+    if mask not in (None, "saliency", "random"):
+        raise UserError(f"--mask must be saliency or random (got {mask!r})")
+    model, _, ck = load_model(ckpt)
+    if seed is None:
+        seed = int((ck.get("config") or {}).get("seed") or 0)
+    rec = reconstruct(model, load_sample(cache, index), seed=seed, step=step, mode=mask, checkpoint=str(ckpt))
+    return save_figure(recon_figure(rec), out)
+
+
+@app.command("sample")
+def sample_cmd(
+    cache: str = typer.Option(..., "--cache", help="stage-1 cache directory or URL"),
+    index: int = typer.Option(0, "--index", help="sample index in the cache"),
+    out: Path = typer.Option(..., "--out", help="PNG file to write"),
+    seed: Optional[int] = typer.Option(None, "--seed",
+                                       help="run seed of the masking draw (default: the run's, else 0)"),
+    step: int = typer.Option(0, "--step", help="training step whose draw to show"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="saliency softmax temperature T"),
+    config: str = typer.Option("paper", "--config",
+                               help="model sizes: preset (paper, tiny), a run dir / config.yaml, or a checkpoint"),
+    epoch: Optional[int] = typer.Option(None, "--epoch",
+                                        help="group in that epoch's augmented frame (the exact training step)"),
+) -> None:
+    """Depth images, teacher saliency, saliency cloud and masks of one cached shape.
+
+    The stage-1 depth images, the teacher's saliency over them, the saliency cloud, and the
+    visible/masked tokens at every level for one 2D-guided and one random draw."""
+    path = render_sample(cache, index, out, config, seed, step, temperature, epoch)
+    typer.echo(f"wrote {path}", err=True)
+
+
+@app.command("recon")
+def recon_cmd(
+    ckpt: str = typer.Option(..., "--ckpt", help="pretrain checkpoint (last.ckpt)"),
+    cache: str = typer.Option(..., "--cache", help="stage-1 cache directory or URL"),
+    index: int = typer.Option(0, "--index", help="sample index in the cache"),
+    out: Path = typer.Option(..., "--out", help="PNG file to write"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the masking draw (default: the run's)"),
+    step: int = typer.Option(0, "--step", help="training step whose draw to use"),
+    mask: Optional[str] = typer.Option(None, "--mask", help="saliency | random (default: the run's)"),
+) -> None:
+    """Input, visible points and the checkpoint's prediction of the masked tokens."""
+    path = render_recon(ckpt, cache, index, out, seed, step, mask)
+    typer.echo(f"wrote {path}", err=True)
