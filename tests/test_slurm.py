@@ -78,7 +78,19 @@ class LocalSlurm:
         return self.wait_for(job_id, lambda rs: all(r.get("JobState") in TERMINAL for r in rs), timeout, "the end")
 
     def release_requeued(self, job_id: str) -> None:
-        """A requeued job is held ~2 minutes (BeginTime); let it start now."""
+        """A requeued job is held ~2 minutes (BeginTime); let it start now -- but only once the
+        node has finished cleaning up the previous run (state COMPLETING): a launch during
+        clean-up can be refused by slurmd, and the job then ends FAILED without running (seen
+        on a loaded 2-core machine)."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            node = self.run("scontrol", "show", "node", "-o").stdout
+            if "COMPLETING" not in node:
+                break
+            time.sleep(0.5)
+        # slurmd may still be killing the previous batch step after the node looks idle
+        # ("Job N already killed, do not launch batch job"): a real requeue waits ~2 minutes.
+        time.sleep(3.0)
         self.run("scontrol", "update", f"jobid={job_id}", "StartTime=now")
 
 
@@ -353,7 +365,9 @@ def test_signal_then_requeue_resumes_exactly(slurm, small_cache, tmp_path):
     for mode, jid in jobs.items():
         rec = slurm.wait_done(jid)[0]
         log = (tmp_path / "logs" / f"pt-{mode}-{jid}.out").read_text()
-        assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "1", log
+        daemons = "".join((slurm.root / "log" / name).read_text()[-3000:]
+                          for name in ("slurmd.log", "slurmctld.log") if (slurm.root / "log" / name).exists())
+        assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "1", f"{rec}\n{log}\n{daemons}"
         m = re.search(r"pretrain stopped by signal .*?: step (\d+)", log)
         assert m and 2 <= int(m.group(1)) < total, log  # really stopped mid-run
         assert "stage stopped after SIGUSR1" in log and "restart 1" in log and f"step {total}, epoch 3" in log
