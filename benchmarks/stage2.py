@@ -49,31 +49,14 @@ class Batches:
 def make_step(model, opt, batches: Batches, teacher=None, grad_clip: float = 10.0, norm=None,
               device=None, train_model=None):
     """One training step as train.py takes it (bf16 autocast on CUDA, fp32 on CPU)."""
-    from contextlib import nullcontext
-
-    from i2p.common.geometry import stable_seed
-    from i2p.stage2_pretrain.train import _teacher_maps
+    from i2p.stage2_pretrain.train import forward_batch
 
     device = device or torch.device("cpu")
     train_model = train_model or model
     state = {"step": 0}
 
     def step():
-        batch = batches.next()
-        gen = [torch.Generator().manual_seed(stable_seed("step", 0, state["step"], int(i))) for i in batch["index"]]
-        points = batch["points"].to(device, non_blocking=True)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        with autocast:
-            if teacher is not None:
-                feats, sal, proj = _teacher_maps(teacher, points)
-            else:
-                feats = batch["features"].to(device, non_blocking=True)
-                sal = batch["saliency"].to(device, non_blocking=True)
-                proj = batch["proj"].to(device, non_blocking=True)
-            if norm is not None:  # per-channel target standardisation, as train.py does by default
-                feats = (feats.float() - norm[0]) / norm[1]
-            out = train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
-                              generator=gen)
+        out = forward_batch(train_model, batches.next(), device, 0, state["step"], teacher, norm)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if grad_clip > 0:

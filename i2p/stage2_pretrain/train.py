@@ -121,6 +121,28 @@ def _teacher_maps(teacher, points: torch.Tensor):
     return f.view(b, v, *f.shape[1:]), s.view(b, v, *s.shape[1:]), proj
 
 
+def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
+                  norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """One training step's forward, exactly as the loop runs it (the benchmarks call it too):
+    one generator per sample seeded by (seed, step, sample) so the draws do not depend on how
+    the global batch is split across ranks; cached maps or the online teacher; per-channel
+    target standardisation; bf16 autocast on CUDA."""
+    gen = [torch.Generator().manual_seed(stable_seed("step", seed, step, int(i))) for i in batch["index"]]
+    points = batch["points"].to(device, non_blocking=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        if teacher is not None:
+            feats, sal, proj = _teacher_maps(teacher, points)
+        else:
+            feats = batch["features"].to(device, non_blocking=True)
+            sal = batch["saliency"].to(device, non_blocking=True)
+            proj = batch["proj"].to(device, non_blocking=True)
+        if norm is not None:
+            feats = (feats.float() - norm[0]) / norm[1]
+        return train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
+                           generator=gen)
+
+
 class MetricsLog:
     """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines past the checkpoint's step
     are dropped so the log reads as one uninterrupted run."""
@@ -213,7 +235,6 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     if dist_info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
     log = MetricsLog(run_dir, step, dist_info.is_main)
 
     def save(tag_epoch: int | None = None):
@@ -244,22 +265,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                 model.train()
                 t_prev = time.perf_counter()
                 for batch in _make_loader(ds, cfg, epoch, start, dist_info):
-                    # One generator per sample, seeded by (seed, step, sample): the draws do not
-                    # depend on how the global batch is split across ranks.
-                    gen = [torch.Generator().manual_seed(stable_seed("step", cfg.seed, step, int(i)))
-                           for i in batch["index"]]
-                    points = batch["points"].to(device, non_blocking=True)
-                    with autocast:
-                        if teacher is not None:
-                            feats, sal, proj = _teacher_maps(teacher, points)
-                        else:
-                            feats = batch["features"].to(device, non_blocking=True)
-                            sal = batch["saliency"].to(device, non_blocking=True)
-                            proj = batch["proj"].to(device, non_blocking=True)
-                        if norm is not None:
-                            feats = (feats.float() - norm[0]) / norm[1]
-                        out_ = train_model(points, feats, sal, proj, batch["scale"].to(device),
-                                           batch["shift"].to(device), generator=gen)
+                    out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm)
                     loss = out_["loss"]
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopped, "
@@ -272,7 +278,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                     sched.step()
                     step += 1
                     now = time.perf_counter()
-                    sps = points.shape[0] * dist_info.world / max(now - t_prev, 1e-9)
+                    sps = len(batch["index"]) * dist_info.world / max(now - t_prev, 1e-9)
                     t_prev = now
                     if step % cfg.log.every_steps == 0 or step == limit:
                         vals = mean_across(torch.stack([out_[k].detach().float().reshape(()) for k in LOG_KEYS]),
