@@ -187,3 +187,10 @@ def test_two_caches_train_together_and_mismatch_is_refused(small_cache, tmp_path
     build_small_cache(wrong, data="builtin:primitives?n_train=1&n_test=1", points=256)
     with pytest.raises(CacheError, match="num_points|points"):
         pretrain([small_cache, str(wrong)], str(tmp_path / "run2"), cfg)
+
+
+def test_loss_weight_override_spellings():
+    assert pcfg.resolve("tiny", ["loss.lambda_2d=0.25"]).model.lambda_2d == 0.25
+    assert pcfg.resolve("tiny", ["model.lambda_2d=0.5"]).model.lambda_2d == 0.5
+    with pytest.raises(Exception, match="unknown config key loss"):
+        pcfg.resolve("tiny", ["loss.nope=1"])

@@ -82,6 +82,14 @@ def tiny() -> PretrainConfig:
 
 PRESETS = {"tiny": tiny, "paper": paper}
 
+# Override spellings kept for the documented interface: ``--set loss.lambda_2d=0.5``.
+ALIASES = {"loss.lambda_2d": "model.lambda_2d"}
+
+
+def _alias(item: str) -> str:
+    key, sep, value = item.partition("=")
+    return ALIASES.get(key.strip(), key) + sep + value
+
 
 def resolve(config: str = "paper", overrides: list[str] | None = None, **direct) -> PretrainConfig:
     """Preset name or YAML file, then ``--set`` overrides, then explicit CLI options (``direct``:
@@ -93,7 +101,7 @@ def resolve(config: str = "paper", overrides: list[str] | None = None, **direct)
         base = PRESETS[data.pop("preset", "paper")]() if data.get("preset", "paper") in PRESETS else paper()
         cfg = cfgutil.update(base, data)
     if overrides:
-        cfg = cfgutil.update(cfg, cfgutil.parse_overrides(overrides))
+        cfg = cfgutil.update(cfg, cfgutil.parse_overrides([_alias(o) for o in overrides]))
     cfg = cfgutil.update(cfg, _prune(direct))
     try:
         cfg.model.validate()
