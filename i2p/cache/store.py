@@ -69,20 +69,21 @@ def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels
     Safe to race: two processes creating the same cache write the same bytes.
     """
     root = zarr.open_group(url, mode="a")
-    for name, (shape, dtype) in layout.array_specs().items():
-        if name in root:
-            continue
-        inner = (1,) + shape[1:]
-        root.create_array(name, shape=shape, dtype=dtype, chunks=inner,
-                          shards=(SHARD,) + shape[1:], fill_value=np.nan, overwrite=True)
-    if "label" not in root:
-        arr = root.create_array("label", shape=(layout.num_samples,), dtype="int64",
-                                chunks=(max(layout.num_samples, 1),), fill_value=-1, overwrite=True)
-        arr[:] = np.asarray(labels, dtype=np.int64)
-    if "id" not in root:
-        arr = root.create_array("id", shape=(layout.num_samples,), dtype=str,
-                                chunks=(max(layout.num_samples, 1),), overwrite=True)
-        arr[:] = np.asarray(ids, dtype=object).astype(str)
+    n = max(layout.num_samples, 1)
+    specs = {name: dict(shape=shape, dtype=dtype, chunks=(1,) + shape[1:], shards=(SHARD,) + shape[1:],
+                        fill_value=np.nan) for name, (shape, dtype) in layout.array_specs().items()}
+    specs["label"] = dict(shape=(layout.num_samples,), dtype="int64", chunks=(n,), fill_value=-1)
+    specs["id"] = dict(shape=(layout.num_samples,), dtype=str, chunks=(n,))
+    for name, spec in specs.items():
+        if name not in root:
+            try:  # never overwrite=True: a parallel builder may be writing the same array now
+                root.create_array(name, overwrite=False, **spec)
+            except zarr.errors.ContainsArrayError:
+                pass
+    # Labels and ids are cheap and identical for every builder: (re)write them every time, so a
+    # builder killed between creating and filling them cannot leave -1 labels behind.
+    root["label"][:] = np.asarray(labels, dtype=np.int64)
+    root["id"][:] = np.asarray(ids, dtype=object).astype(str)
     root.attrs.update({"format_version": FORMAT_VERSION, "settings": settings, **extra_attrs})
     return root
 
