@@ -4,7 +4,7 @@ The driver asks one worker to create (or check) the store and list the shards st
 hands shards to workers, at most one in flight per worker thread, so a SIGTERM/SIGUSR1 to the
 driver stops handing out work, lets the shards in progress finish and be marked, and returns;
 re-running does the rest. Each worker keeps its dataset and teacher between shards
-(:func:`i2p.stage1_project.build.worker_build_shards`), so a teacher is created once per worker.
+(:func:`worker_build_shards`), so a teacher is created once per worker.
 The store is byte-for-byte the one a single process builds: a shard's bytes do not depend on
 who computed it.
 
@@ -18,12 +18,73 @@ i2p importable.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import platform
+import threading
 import time
 from dataclasses import replace
+from typing import Callable
 
-from i2p.common.errors import UserError
-from i2p.stage1_project.build import PHASES, BuildConfig, BuildReport, _account, _progress, finalize
+from i2p.cache import store as cs
+from i2p.common.errors import CacheError, UserError
+from i2p.stage1_project.build import (PHASES, BuildConfig, BuildReport, _account, _make_dataset, _make_teacher,
+                                      _progress, build_shards, finalize, prepare_store)
+
+
+# ---- callable from a dask worker -----------------------------------------------------------
+# A worker process keeps its dataset and teacher between tasks: the teacher is created once per
+# worker (per teacher settings), not once per shard.
+
+_WORKER_STATE: dict = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_cached(key: tuple, make: Callable):
+    with _WORKER_LOCK:
+        if key not in _WORKER_STATE:
+            _WORKER_STATE[key] = (make(), time.time())
+            return _WORKER_STATE[key][0], True
+        return _WORKER_STATE[key][0], False
+
+
+def _worker_setup(cfg: BuildConfig, teacher_module: str | None):
+    if teacher_module:
+        importlib.import_module(teacher_module)  # registers a teacher defined outside i2p
+    ds, _ = _worker_cached(("data", cfg.data, cfg.split, cfg.points, cfg.seed, cfg.limit),
+                           lambda: _make_dataset(cfg))
+    (teacher, device), created = _worker_cached(("teacher", cfg.teacher, cfg.teacher_weights, cfg.device),
+                                                lambda: _make_teacher(cfg))
+    return ds, teacher, device, created
+
+
+def worker_plan(cfg: BuildConfig, teacher_module: str | None = None) -> dict:
+    """On a worker: create or check the store; return the layout and the shards still to do."""
+    ds, teacher, _, created = _worker_setup(cfg, teacher_module)
+    _, layout, mine, todo = prepare_store(cfg, ds, teacher, warn=False)
+    from i2p.stage1_project.teachers import teacher_fingerprint
+
+    return {"num_samples": layout.num_samples, "num_shards": layout.num_shards, "mine": mine, "todo": todo,
+            "shard_sizes": {s: layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in todo},
+            "teacher_random": teacher_fingerprint(teacher)["is_random"], "teacher_created": created,
+            "pid": os.getpid(), "host": platform.node()}
+
+
+def worker_build_shards(cfg: BuildConfig, shards: list[int], teacher_module: str | None = None) -> list[dict]:
+    """On a worker: build ``shards`` of the (already created) store; one record per shard."""
+    ds, teacher, device, created = _worker_setup(cfg, teacher_module)
+    root = cs.open_store(cfg.out, mode="r+")
+    layout = cs.layout_of(root)
+    if layout.num_samples != len(ds):
+        raise CacheError(f"{cfg.out} has {layout.num_samples} samples, the data {len(ds)}")
+    done = cs.done_shards(root)
+    out = []
+    for rec in build_shards(cfg, [s for s in shards if s not in done], ds, teacher, device, root, layout):
+        out.append({**rec, "pid": os.getpid(), "host": platform.node(), "teacher_created": created})
+        created = False
+    return out
+
 
 
 def parse_dask(address: str) -> tuple[str, int | str]:
@@ -80,7 +141,6 @@ def build_cache_dask(cfg: BuildConfig, address: str) -> BuildReport:
     from dask.distributed import wait
 
     from i2p.cluster.signals import StopOnSignal
-    from i2p.stage1_project.build import worker_build_shards, worker_plan
 
     if cfg.teacher_weights == "random":
         import warnings

@@ -6,18 +6,13 @@ which process, array task or resumed run computed it: a killed build re-run, or 
 builds into one directory, give the same store as one uninterrupted process.
 
 SIGTERM/SIGUSR1 (a Slurm time-limit warning, pre-emption) finish the shard in progress, write it
-and stop. :func:`worker_plan` and :func:`worker_build_shards` are the same work as plain
-functions for dask workers (``--dask``, :mod:`i2p.cluster.dask_build`); a worker process keeps
-its dataset and teacher between shards.
+and stop. :mod:`i2p.cluster.dask_build` runs the same :func:`build_shards` on dask workers.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import platform
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -302,59 +297,6 @@ def _account(report: BuildReport, totals: dict, rec: dict, bar) -> None:
         bar.set_postfix(skipped=len(report.skipped_samples))
 
 
-# ---- callable from a dask worker -----------------------------------------------------------
-# A worker process keeps its dataset and teacher between tasks: the teacher is created once per
-# worker (per teacher settings), not once per shard.
-
-_WORKER_STATE: dict = {}
-_WORKER_LOCK = threading.Lock()
-
-
-def _worker_cached(key: tuple, make: Callable):
-    with _WORKER_LOCK:
-        if key not in _WORKER_STATE:
-            _WORKER_STATE[key] = (make(), time.time())
-            return _WORKER_STATE[key][0], True
-        return _WORKER_STATE[key][0], False
-
-
-def _worker_setup(cfg: BuildConfig, teacher_module: str | None):
-    if teacher_module:
-        importlib.import_module(teacher_module)  # registers a teacher defined outside i2p
-    ds, _ = _worker_cached(("data", cfg.data, cfg.split, cfg.points, cfg.seed, cfg.limit),
-                           lambda: _make_dataset(cfg))
-    (teacher, device), created = _worker_cached(("teacher", cfg.teacher, cfg.teacher_weights, cfg.device),
-                                                lambda: _make_teacher(cfg))
-    return ds, teacher, device, created
-
-
-def worker_plan(cfg: BuildConfig, teacher_module: str | None = None) -> dict:
-    """On a worker: create or check the store; return the layout and the shards still to do."""
-    ds, teacher, _, created = _worker_setup(cfg, teacher_module)
-    _, layout, mine, todo = prepare_store(cfg, ds, teacher, warn=False)
-    from i2p.stage1_project.teachers import teacher_fingerprint
-
-    return {"num_samples": layout.num_samples, "num_shards": layout.num_shards, "mine": mine, "todo": todo,
-            "shard_sizes": {s: layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in todo},
-            "teacher_random": teacher_fingerprint(teacher)["is_random"], "teacher_created": created,
-            "pid": os.getpid(), "host": platform.node()}
-
-
-def worker_build_shards(cfg: BuildConfig, shards: list[int], teacher_module: str | None = None) -> list[dict]:
-    """On a worker: build ``shards`` of the (already created) store; one record per shard."""
-    ds, teacher, device, created = _worker_setup(cfg, teacher_module)
-    root = cs.open_store(cfg.out, mode="r+")
-    layout = cs.layout_of(root)
-    if layout.num_samples != len(ds):
-        raise CacheError(f"{cfg.out} has {layout.num_samples} samples, the data {len(ds)}")
-    done = cs.done_shards(root)
-    out = []
-    for rec in build_shards(cfg, [s for s in shards if s not in done], ds, teacher, device, root, layout):
-        out.append({**rec, "pid": os.getpid(), "host": platform.node(), "teacher_created": created})
-        created = False
-    return out
-
-
 def _progress(total: int, enabled: bool):
     if not enabled or total == 0:
         return None
@@ -416,4 +358,4 @@ def summary_line(report: BuildReport) -> str:
 
 
 __all__ = ["BuildConfig", "BuildReport", "build_cache", "build_shards", "prepare_store", "parse_shard", "finalize",
-           "summary_line", "worker_plan", "worker_build_shards", "asdict"]
+           "summary_line", "asdict"]
