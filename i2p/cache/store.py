@@ -20,6 +20,7 @@ killed or parallel build redoes exactly the missing shards.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,13 +63,24 @@ def shard_key(shard: int) -> str:
     return f"shards/{shard:05d}"
 
 
+def _racing(make, attempts: int = 20):
+    """Run ``make()`` (open-or-create of a group) and retry when a parallel builder created the
+    same group between zarr's existence check and its own create (ContainsGroupError)."""
+    for _ in range(attempts - 1):
+        try:
+            return make()
+        except zarr.errors.ContainsGroupError:
+            time.sleep(0.05)
+    return make()
+
+
 def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels: np.ndarray,
                  ids: list[str], extra_attrs: dict[str, Any]) -> zarr.Group:
     """Pre-allocate every array and write labels, ids and the settings attributes.
 
     Safe to race: two processes creating the same cache write the same bytes.
     """
-    root = zarr.open_group(url, mode="a")
+    root = _racing(lambda: zarr.open_group(url, mode="a"))
     n = max(layout.num_samples, 1)
     specs = {name: dict(shape=shape, dtype=dtype, chunks=(1,) + shape[1:], shards=(SHARD,) + shape[1:],
                         fill_value=np.nan) for name, (shape, dtype) in layout.array_specs().items()}
@@ -117,5 +129,5 @@ def done_shards(root: zarr.Group) -> dict[int, dict]:
 
 
 def mark_shard_done(root: zarr.Group, shard: int, attrs: dict) -> None:
-    grp = root.require_group("shards")
+    grp = _racing(lambda: root.require_group("shards"))
     grp.create_group(f"{shard:05d}", overwrite=True, attributes=attrs)
