@@ -58,6 +58,16 @@ def small_cache(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small ops are dominated by OpenMP hand-offs on a busy 2-core box; one thread is faster.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -13,13 +13,7 @@ from i2p.stage2_pretrain.model.masking import all_visibilities, coarse_visibilit
 C = 16  # teacher channels of the synthetic cache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops are dominated by OpenMP hand-offs on a busy 2-core box; one thread is faster."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(cfg: ModelConfig, b: int = 4, seed: int = 1):

@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 
 import pytest
-import torch
 
 from conftest import REPO
 from i2p.cli import main
@@ -30,12 +29,7 @@ SMALL = dict(data="builtin:primitives?n_train=3&n_test=2", teacher="test-tiny", 
 EVALS = ("svm-pretrained", "fewshot-pretrained", "svm-random", "fewshot-random")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

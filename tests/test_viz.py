@@ -30,12 +30,7 @@ FAST = ["model.drop_path=0.0", "data.workers=0", "log.progress=false", "optim.wa
         "optim.batch_size=8", "log.ckpt_every_steps=100"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
