@@ -11,7 +11,7 @@ def pretrain(
     cache: List[str] = typer.Option(..., help="Stage-1 cache directory or URL (repeat to mix caches "
                                     "built with the same teacher and settings)"),
     out: str = typer.Option(..., help="Run directory (last.ckpt, config.yaml, metrics.jsonl, tb/)"),
-    config: str = typer.Option("paper", help="Preset (tiny, paper) or a YAML file"),
+    config: str = typer.Option("base", help="Preset: base (published model, automatic 2D/3D balance), tiny (CPU minutes), paper (the published recipe exactly), or a YAML file"),
     set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)"),
     epochs: Optional[int] = typer.Option(None, help="Epochs (overrides the config)"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size"),

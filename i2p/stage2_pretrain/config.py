@@ -41,6 +41,9 @@ class DataConfig:
     # features.
     normalize_targets: bool = True
     normalize_samples: int = 256  # cached samples the channel statistics are computed from
+    # Samples held out of training (evenly spaced over the cache) on which the 2D head's R2 is
+    # measured: the diagnostic that says whether the 2D targets are learnable at all.
+    holdout: int = 24
 
 
 @dataclass
@@ -49,13 +52,17 @@ class LogConfig:
     ckpt_every_steps: int = 500  # last.ckpt period inside an epoch (also written every epoch)
     keep_every_epochs: int = 50  # epoch-XXXX.ckpt period
     probe_every_epochs: int = 10  # with --probe-cache
+    # Gradient norm that each loss term sends into the encoder (two extra backward passes):
+    # every this many steps; 0 = never.
+    diag_every_steps: int = 50
+    r2_every_epochs: int = 1  # held-out R2 of the 2D head (needs data.holdout > 0); 0 = never
     progress: bool = True
 
 
 @dataclass
 class PretrainConfig:
-    preset: str = "paper"
-    model: ModelConfig = field(default_factory=ModelConfig.paper)
+    preset: str = "base"
+    model: ModelConfig = field(default_factory=ModelConfig.base)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -66,8 +73,17 @@ class PretrainConfig:
     compile: bool = False  # torch.compile the model (CUDA)
 
 
+def base() -> PretrainConfig:
+    """The published architecture and schedule with the product's objective (automatic
+    2D/3D balance, standardised targets): the default of ``i2p pretrain``."""
+    return PretrainConfig(preset="base", model=ModelConfig.base())
+
+
 def paper() -> PretrainConfig:
-    return PretrainConfig()
+    """The published recipe exactly: raw teacher features as targets, L3d + 1.0 * L2d, every
+    sample trained on."""
+    return PretrainConfig(preset="paper", model=ModelConfig.paper(),
+                          data=DataConfig(normalize_targets=False, holdout=0))
 
 
 def tiny() -> PretrainConfig:
@@ -80,7 +96,7 @@ def tiny() -> PretrainConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "paper": paper}
+PRESETS = {"tiny": tiny, "base": base, "paper": paper}
 
 # Override spellings kept for the documented interface: ``--set loss.lambda_2d=0.5``.
 ALIASES = {"loss.lambda_2d": "model.lambda_2d"}
@@ -88,18 +104,21 @@ ALIASES = {"loss.lambda_2d": "model.lambda_2d"}
 
 def _alias(item: str) -> str:
     key, sep, value = item.partition("=")
-    return ALIASES.get(key.strip(), key) + sep + value
+    key = ALIASES.get(key.strip(), key)
+    if key.strip() == "model.lambda_2d" and value.strip().lower() == "auto":
+        value = "null"  # the automatic balance
+    return key + sep + value
 
 
-def resolve(config: str = "paper", overrides: list[str] | None = None, **direct) -> PretrainConfig:
+def resolve(config: str = "base", overrides: list[str] | None = None, **direct) -> PretrainConfig:
     """Preset name or YAML file, then ``--set`` overrides, then explicit CLI options (``direct``:
     nested dict of values that are not None)."""
     if config in PRESETS:
         cfg = PRESETS[config]()
     else:
         data = cfgutil.load_yaml(config)
-        base = PRESETS[data.pop("preset", "paper")]() if data.get("preset", "paper") in PRESETS else paper()
-        cfg = cfgutil.update(base, data)
+        start = PRESETS[data.pop("preset", "base")]() if data.get("preset", "base") in PRESETS else base()
+        cfg = cfgutil.update(start, data)
     if overrides:
         cfg = cfgutil.update(cfg, cfgutil.parse_overrides([_alias(o) for o in overrides]))
     cfg = cfgutil.update(cfg, _prune(direct))

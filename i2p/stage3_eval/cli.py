@@ -20,7 +20,7 @@ app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: line
                        "kNN, fine-tune; compare results.", no_args_is_help=True)
 console = Console()
 
-CKPT = typer.Option(..., "--ckpt", help="checkpoint file, or 'random' for a randomly initialised encoder")
+CKPT = typer.Option(..., "--ckpt", help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
 DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
 POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN, else 1024)")
 POOL = typer.Option("max", "--pool", help="token pooling: max | meanmax")

@@ -50,6 +50,12 @@ def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_s
     whole, un-augmented evaluation clouds (measured: features of a short pretrain collapsed to a
     spread of 0.004 in eval mode; re-estimation took its SVM from 54% to 68%). The same
     treatment for both keeps the pretrained-vs-random comparison fair."""
+    from i2p.stage3_eval.teacher_encoder import is_teacher_ckpt, load_teacher_encoder
+
+    if is_teacher_ckpt(ckpt):  # the 2D ceiling: frozen teacher, nothing to re-estimate
+        model, info = load_teacher_encoder(ckpt, resolve_device(device))
+        info["bn_calibration_shapes"] = 0
+        return model, info
     model, info = load_encoder(ckpt, device, preset=preset, seed=seed)
     info["bn_calibration_shapes"] = calibrate_batchnorm(model, calib_clouds(), batch_size, device)
     return model, info
@@ -59,7 +65,7 @@ def _checkpoint_block(info: dict) -> dict:
     return {"path": info["checkpoint"], "sha256": info.get("sha256"), "preset": info.get("preset"),
             "init_seed": info.get("init_seed"), "epoch": info.get("epoch"), "step": info.get("step"),
             "bn_calibration_shapes": info.get("bn_calibration_shapes"),
-            "model_config": info.get("model_config")}
+            "model_config": info.get("model_config"), "teacher": info.get("teacher")}
 
 
 def _base(protocol: str, spec: str, info: dict, seed: int, settings: dict, splits: dict) -> dict:
@@ -225,6 +231,8 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         raise UserError(f"--select-on must be one of {', '.join(ft.SELECT)} (got {select_on!r})")
     if epochs < 1 or votes < 1:
         raise UserError(f"--epochs and --vote must be >= 1 (got {epochs}, {votes})")
+    if ckpt.startswith("teacher:"):
+        raise UserError("fine-tuning needs a 3D network: --ckpt teacher:NAME works with svm, fewshot and knn")
     splits = open_splits(data, points, seed)
     dev = resolve_device(device)
     torch.manual_seed(stable_seed(seed, "head"))

@@ -41,7 +41,20 @@ class ModelConfig:
     mask_mode: str = "saliency"
     temperature: float = 1.0
     targets: str = "2d3d"
-    lambda_2d: float = 1.0
+    # Weight of the 2D loss. None (the default): found each step by gradient-norm balancing
+    # (``balance_ratio``); a number: that fixed weight (the paper's is 1.0), a manual override.
+    lambda_2d: float | None = None
+    # Automatic balance: the 2D term is weighted so that the gradient it sends into the head
+    # features is ``balance_ratio`` times the 3D term's. A ratio of norms of the same tensor is
+    # unitless, so it does not move with the teacher's feature scale or width, nor with the
+    # 3D loss's scale (group sizes, point density).
+    balance_ratio: float = 0.1
+    # L2-normalise each back-projected target vector (per point, per view) after gathering.
+    target_l2: bool = False
+    # Global distillation: the max-pooled visible top-level tokens predict the teacher's
+    # pooled feature (each view mean-pooled, views side by side, standardised per channel),
+    # balanced like the 2D term with this gradient ratio (against the 3D gradient); 0 = off.
+    global_ratio: float = 0.0
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
@@ -53,9 +66,17 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def paper(cls, **overrides: Any) -> "ModelConfig":
-        """The published pre-training architecture (about 12.9M parameters without 2D head)."""
+    def base(cls, **overrides: Any) -> "ModelConfig":
+        """The published architecture with the product's objective (automatic 2D/3D balance)."""
         return cls(**overrides)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "ModelConfig":
+        """The published pre-training recipe exactly: the architecture (about 12.7M encoder
+        parameters) and the objective L3d + 1.0 * L2d, nothing added."""
+        base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False)
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "ModelConfig":
@@ -106,6 +127,10 @@ class ModelConfig:
             raise ValueError(f"embed_norm must be 'batch' or 'layer', got {self.embed_norm!r}")
         if self.targets not in TARGETS:
             raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.lambda_2d is not None and self.lambda_2d < 0:
+            raise ValueError("lambda_2d must be >= 0 (or null for the automatic balance)")
+        if self.balance_ratio <= 0 or self.global_ratio < 0:
+            raise ValueError("balance_ratio must be > 0 and global_ratio >= 0")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.teacher_channels < 0 or self.views < 1:

@@ -7,7 +7,13 @@ tokens, decode, and compute L = L3d + lambda * L2d at the head level (level 2):
 * masked tokens reconstruct their member coordinates relative to the centre (Chamfer-L2,
   in the augmented frame the network sees);
 * visible tokens regress the teacher features of each member, all views concatenated (MSE,
-  read at the ORIGINAL coordinates, so cached targets are exact).
+  read at the ORIGINAL coordinates, so cached targets are exact);
+* optionally (``global_ratio > 0``) the max-pooled visible top-level tokens regress the
+  teacher's pooled feature of the whole shape (each view mean-pooled, views side by side,
+  standardised: a global distillation term).
+
+The weight of each 2D term is found per step by gradient-norm balancing (see
+:func:`balance_weight`) unless ``lambda_2d`` fixes it.
 
 Each loss is a per-sample mean over that sample's tokens, then a mean over samples.
 """
@@ -41,6 +47,37 @@ def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> tor
     return (sums[present] / counts[present]).mean()
 
 
+def _sq_norm(g: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros(()) if g is None else g.detach().float().pow(2).sum()
+
+
+def balance_weight(ref_loss: torch.Tensor, loss: torch.Tensor, at: torch.Tensor, ratio: float,
+                   ref_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``w`` (detached) such that ``w * loss`` sends ``ratio`` times the gradient norm
+    into ``at`` that ``ref_loss`` sends into ``ref_at`` (default ``at``). Returns ``(w, raw)``
+    with ``raw = |grad loss| / |grad ref_loss|`` (the unweighted ratio, a diagnostic).
+
+    Why here: both norms are of gradients with respect to the same network features, so the
+    ratio is unitless -- multiplying the 2D targets by 10 multiplies the 2D gradient by 10 and
+    divides ``w`` by 10; multiplying the 3D loss by 100 multiplies ``w`` by 100 -- and the
+    gradients reaching the encoder keep their proportion. Only the heads are differentiated
+    twice (the encoder backward happens once, in ``loss.backward()``). Under torchrun the
+    squared norms are summed over ranks, so every rank uses the same weight, the one a single
+    process would compute for the whole batch.
+    """
+    ref_at = at if ref_at is None else ref_at
+    g_ref = torch.autograd.grad(ref_loss, ref_at, retain_graph=True, allow_unused=True)[0]
+    g = torch.autograd.grad(loss, at, retain_graph=True, allow_unused=True)[0]
+    sq = torch.stack([_sq_norm(g_ref).to(at.device), _sq_norm(g).to(at.device)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(sq)
+    n_ref, n = sq.sqrt().unbind()
+    raw = n / n_ref.clamp_min(1e-12)
+    w = torch.where(n > 0, ratio * n_ref / n.clamp_min(1e-12), torch.zeros_like(n))
+    return w.detach(), raw.detach()
+
+
 class I2PMAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -54,7 +91,9 @@ class I2PMAE(nn.Module):
         # Only the '2d3d' objective has a 2D head: every parameter then takes part in every
         # step, which DistributedDataParallel requires (without find_unused_parameters).
         self.head_2d = nn.Linear(dim, k * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
-        for head in (self.head_3d, self.head_2d):
+        use_global = cfg.use_2d and cfg.global_ratio > 0
+        self.head_global = nn.Linear(cfg.enc_dims[-1], cfg.views * cfg.teacher_channels) if use_global else None
+        for head in (self.head_3d, self.head_2d, self.head_global):
             if head is not None:
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
@@ -63,7 +102,7 @@ class I2PMAE(nn.Module):
     def forward(self, points: torch.Tensor, view_features: torch.Tensor | None = None,
                 view_saliency: torch.Tensor | None = None, proj: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-                generator: Rng = None) -> dict[str, torch.Tensor]:
+                generator: Rng = None, global_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One masked-autoencoding pass.
 
         points        [B, N, 3] ORIGINAL (un-augmented) coordinates, as stored in the cache
@@ -73,6 +112,7 @@ class I2PMAE(nn.Module):
         scale, shift  [B, 1, 3] augmentation: the network sees ``points * scale + shift``
         generator     drives every random choice (masking, drop path, FPS start if enabled):
                       one torch.Generator, or a list with one per sample (see ``rng.py``)
+        global_target [B, V*C] the teacher's pooled feature (needed when ``global_ratio > 0``)
 
         Returns ``loss`` (to backpropagate), ``loss_3d``, ``loss_2d`` (0 when targets='3d'),
         ``sal_visible`` / ``sal_masked`` (mean saliency of visible / masked coarse tokens, NaN
@@ -108,15 +148,41 @@ class I2PMAE(nn.Module):
         else:  # nothing masked at the head level (only with tiny mask ratios)
             loss_3d = x.sum() * 0.0
 
-        loss_2d = torch.zeros((), device=points.device)
+        zero = torch.zeros((), device=points.device)
+        loss_2d, loss_g, w_2d, w_g, raw_2d, raw_g = zero, zero, zero, zero, zero, zero
+        loss = loss_3d
         if cfg.use_2d:
-            loss_2d = self._loss_2d(x, vis[lvl], points, h, view_features, proj)
-        loss = loss_3d + cfg.lambda_2d * loss_2d if cfg.use_2d else loss_3d
+            loss_2d, pred_2d, target_2d = self._loss_2d(x, vis[lvl], points, h, view_features, proj)
+            auto = torch.is_grad_enabled() and x.requires_grad
+            if cfg.lambda_2d is not None:
+                w_2d = torch.tensor(float(cfg.lambda_2d), device=points.device)
+            elif auto:
+                w_2d, raw_2d = balance_weight(loss_3d, loss_2d, x, cfg.balance_ratio)
+            else:  # no graph to balance with (evaluation of the loss only): report the raw sum
+                w_2d = torch.ones((), device=points.device)
+            loss = loss + w_2d * loss_2d
+            if self.head_global is not None:
+                pooled, loss_g, pred_g = self._loss_global(enc[-1], global_target)
+                if auto:
+                    w_g, raw_g = balance_weight(loss_3d, loss_g, pooled, cfg.global_ratio, ref_at=x)
+                else:
+                    w_g = torch.ones((), device=points.device)
+                loss = loss + w_g * loss_g
         out: dict[str, torch.Tensor] = {
             "loss": loss + self._idle_term(),
             "loss_3d": loss_3d,
             "loss_2d": loss_2d,
+            "loss_global": loss_g,
+            "w_2d": w_2d,
+            "w_global": w_g,
+            "grad_ratio_2d": raw_2d,
+            "grad_ratio_global": raw_g,
+            "head_features": x,
         }
+        if cfg.use_2d and not torch.is_grad_enabled():  # evaluation (held-out R2): expose predictions
+            out["pred_2d"], out["target_2d"] = pred_2d, target_2d
+            if self.head_global is not None:
+                out["pred_global"], out["target_global"] = pred_g, global_target
         nan = torch.full((), float("nan"), device=points.device)
         out["sal_visible"] = masked_mean(sal, vis_top) if sal is not None else nan
         out["sal_masked"] = masked_mean(sal, ~vis_top) if sal is not None else nan
@@ -148,9 +214,23 @@ class I2PMAE(nn.Module):
         k = cfg.group_sizes[cfg.head_level]
         pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
         target = feature_targets(view_features, points, h, cfg.head_level, proj, cfg.image_size, b_idx, g_idx)
+        if cfg.target_l2:  # each view's C-vector of each member to unit length
+            t = target.view(len(b_idx), k, cfg.views, cfg.teacher_channels)
+            target = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-6)).flatten(2)
         # mse_loss(reduction='none') is (pred - target)^2 bit for bit, with a one-pass backward.
         err = nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
-        return per_sample_mean(err, b_idx, len(points))
+        return per_sample_mean(err, b_idx, len(points)), pred, target
+
+    def _loss_global(self, top, global_target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSE between the head's reading of the max-pooled visible top-level tokens and the
+        teacher's pooled feature; returns ``(pooled tokens, loss)``."""
+        if global_target is None:
+            raise ValueError("global_ratio > 0 needs global_target (the teacher's pooled feature)")
+        neg = torch.finfo(top.tokens.dtype).min
+        pooled = top.tokens.masked_fill(~top.valid[..., None], neg).amax(dim=1)
+        pred = self.head_global(pooled).float()
+        err = nn.functional.mse_loss(pred, global_target.float(), reduction="none").mean(dim=1)
+        return pooled, err.mean(), pred
 
     # ------------------------------------------------------------------ feature extraction
     def encode_levels(self, points: torch.Tensor) -> list[LevelOutput]:
