@@ -34,6 +34,8 @@ RATIO_KEYS = (
     "stage1_vs_bare_teacher",
     "cached_vs_online_tiny",
     "cached_vs_online_paper",
+    "default_vs_fixed_lambda_tiny",
+    "default_vs_fixed_lambda_paper",
     "reads_cold_vs_consumption",
     "reads_warm_vs_consumption",
     "fps_i2p_vs_fpsample",
@@ -53,6 +55,8 @@ GOALS = {  # ratio key -> (threshold, text)
     "reads_warm_vs_consumption": (5.0, "cache reads >= 5x what training consumes (warm)"),
     "reads_cold_vs_consumption": (5.0, "cache reads >= 5x what training consumes (cold)"),
     "stage1_vs_bare_teacher": (0.7, "stage 1 >= 0.7x the bare teacher forward"),
+    "default_vs_fixed_lambda_tiny": (1 / 1.2, "default objective step <= 1.2x the fixed-lambda step (tiny)"),
+    "default_vs_fixed_lambda_paper": (1 / 1.2, "default objective step <= 1.2x the fixed-lambda step (paper)"),
 }
 
 
@@ -122,6 +126,7 @@ def derive(results: dict) -> tuple[dict, dict]:
     if s2:
         for m in ("tiny", "paper"):
             r[f"cached_vs_online_{m}"] = s2[m]["ratio_cached_vs_online"]
+            r[f"default_vs_fixed_lambda_{m}"] = s2[m].get("ratio_default_vs_fixed_lambda")
     if rd and s2:
         consume = s2["paper"]["cached_samples_per_s"]
         rd["consumption_samples_per_s"] = consume
@@ -177,12 +182,14 @@ def markdown(report: dict) -> str:
     s2 = res.get("stage2")
     if s2:
         lines += ["", f"## Stage 2 (training step from the real cache vs online {s2['teacher']})", "",
-                  "| model | batch | params (M) | cached samples/s | online samples/s | ratio |",
-                  "|---|---|---|---|---|---|"]
+                  "| model | batch | params (M) | cached samples/s | online samples/s | ratio | "
+                  "fixed-lambda objective samples/s | default / fixed-lambda |",
+                  "|---|---|---|---|---|---|---|---|"]
         for m in ("tiny", "paper"):
             x = s2[m]
             lines.append(f"| {m} | {x['batch']} | {_f(x['params_m'])} | {_f(x['cached_samples_per_s'], 3)} | "
-                         f"{_f(x['online_samples_per_s'], 3)} | {_f(x['ratio_cached_vs_online'])} |")
+                         f"{_f(x['online_samples_per_s'], 3)} | {_f(x['ratio_cached_vs_online'])} | "
+                         f"{_f(x.get('fixed_lambda_samples_per_s'), 3)} | {_f(x.get('ratio_default_vs_fixed_lambda'))} |")
     rd = res.get("reads")
     if rd:
         lines += ["", f"## Cache reads ({rd['samples']} samples of {rd['bytes_per_sample'] / 1e6:.2f} MB)", "",

@@ -1,4 +1,6 @@
-"""Stage 2: training samples/s with cached targets vs the online teacher (the paper's way).
+"""Stage 2: training samples/s with cached targets vs the online teacher (the paper's way), and
+the product's default objective (automatic 2D/3D balance and what it adds) vs the fixed-weight
+objective it replaced (L3d + 1.0 * L2d): the cost of the balance, per step.
 
 Both paths run the same model instance, optimiser, batch size and device, and the step of
 ``i2p.stage2_pretrain.train`` (forward + backward + grad clip + AdamW step, per-sample
@@ -26,7 +28,14 @@ def model_config(name: str, settings: dict, sizes: Sizes):
     over = dict(sizes.paper_overrides if name == "paper" else sizes.tiny_overrides)
     over.update(num_points=settings["num_points"], views=settings["views"],
                 teacher_channels=settings["feature_shape"][-1], image_size=settings["image_size"])
-    return (ModelConfig.paper if name == "paper" else ModelConfig.tiny)(**over)
+    return (ModelConfig.base if name == "paper" else ModelConfig.tiny)(**over)
+
+
+def fixed_lambda_config(cfg):
+    """The objective before the automatic balance: a fixed lambda 1.0, no global term."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, lambda_2d=1.0, global_ratio=0.0, target_l2=False)
 
 
 class Batches:
@@ -101,7 +110,7 @@ def run(sizes: Sizes, workdir: Path) -> dict:
             teacher = create_teacher(settings["teacher"], weights="random", device=device)
         norm = _target_norm(cache)
         if norm is not None:
-            norm = (norm[0].to(device), norm[1].to(device))
+            norm = {k: v.to(device) for k, v in norm.items()}
         for name, batch in (("tiny", sizes.s2_batch_tiny), ("paper", sizes.s2_batch_paper)):
             torch.manual_seed(0)
             cfg = model_config(name, settings, sizes)
@@ -111,10 +120,15 @@ def run(sizes: Sizes, workdir: Path) -> dict:
             cached_src = Batches(CacheDataset(cache, with_targets=True, augment=True), batch, seed=1)
             online_src = Batches(CacheDataset(cache, with_targets=False, augment=True), batch, seed=1)
             kw = dict(norm=norm, device=device, train_model=fast)
+            torch.manual_seed(0)
+            old = build_model(fixed_lambda_config(cfg)).to(device).train()
+            old_opt = torch.optim.AdamW(optimizer_groups(old, 0.05), lr=1e-3)
+            old_src = Batches(CacheDataset(cache, with_targets=True, augment=True), batch, seed=1)
             times = interleaved({"cached": make_step(model, opt, cached_src, **kw),
-                                 "online": make_step(model, opt, online_src, teacher, **kw)},
+                                 "online": make_step(model, opt, online_src, teacher, **kw),
+                                 "fixed_lambda": make_step(old, old_opt, old_src, norm=norm, device=device)},
                                 sizes.repeats, sizes.warmup)
-            c, o = median(times["cached"]), median(times["online"])
+            c, o, f = median(times["cached"]), median(times["online"]), median(times["fixed_lambda"])
             results[name] = {
                 "batch": batch,
                 "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -126,7 +140,12 @@ def run(sizes: Sizes, workdir: Path) -> dict:
                 "cached_samples_per_s": batch / c,
                 "online_samples_per_s": batch / o,
                 "ratio_cached_vs_online": ratio(batch / c, batch / o),
+                "fixed_lambda_step_seconds": times["fixed_lambda"],
+                "fixed_lambda_samples_per_s": batch / f,
+                # samples/s of the default objective / of the fixed-weight one (>= 0.83 means
+                # a default step costs <= 1.2x the old one)
+                "ratio_default_vs_fixed_lambda": ratio(batch / c, batch / f),
             }
-            del model, opt, fast
+            del model, opt, fast, old, old_opt
     results["memory"] = mem.as_dict()
     return results

@@ -6,7 +6,7 @@
 # env: CACHE (SHREC'16 train cache), RUNS (output root), SHREC (data dir)
 set -euo pipefail
 name=$1; seed=$2; epochs=$3; shift 3
-CACHE=${CACHE:-/work/runs/cache-shrec-train}; RUNS=${RUNS:-/work/runs}; SHREC=${SHREC:-../shared/data/shrec16}
+CACHE=${CACHE:-/work/runs/cache-shrec-train}; RUNS=${RUNS:-/work/runs}; SHREC=${SHREC:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data/shrec16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${OMP_NUM_THREADS:-1}
 out=$RUNS/$name-s$seed-e$epochs
 i2p pretrain --cache "$CACHE" --out "$out" --config tiny --epochs "$epochs" --seed "$seed" --workers 0 "$@" > "$out.log" 2>&1

@@ -28,6 +28,9 @@ def build(
     seed: int = typer.Option(0, help="Seed of point sampling"),
     read_workers: int = typer.Option(4, min=1, help="Threads reading shapes"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
+    projection: str = typer.Option("sum", help="Depth raster: sum (the paper's signed sum) or zbuffer (nearest depth)"),
+    denoise: int = typer.Option(0, min=0, help="Average the teacher over the clean render and K jittered renders"),
+    denoise_sigma: float = typer.Option(0.01, min=0.0, help="Std of the jitter of --denoise renders"),
     dask: Optional[str] = typer.Option(None, help="Spread shards over dask workers: local:K (K worker "
                                        "processes here) or tcp://HOST:PORT (a running scheduler)"),
 ) -> None:
@@ -36,11 +39,15 @@ def build(
     SIGTERM/SIGUSR1 finish the shard in progress and stop; re-running resumes."""
     from rich.console import Console
 
+    from i2p.common.errors import UserError
     from i2p.stage1_project.build import BuildConfig, build_cache, parse_shard, summary_line
 
     cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=split,
                       points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
-                      limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress)
+                      limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress,
+                      projection=projection, denoise=denoise, denoise_sigma=denoise_sigma)
+    if projection not in ("sum", "zbuffer"):
+        raise UserError(f"--projection must be sum or zbuffer (got {projection!r})")
     if dask:
         from i2p.cluster.dask_build import build_cache_dask
 

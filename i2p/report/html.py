@@ -326,7 +326,10 @@ def _settings_section(inp: ReportInputs) -> str:
     c = inp.config or {}
     model, optim, data = c.get("model") or {}, c.get("optim") or {}, c.get("data") or {}
     rows = [("preset", c.get("preset")), ("mask", model.get("mask_mode")), ("temperature T", model.get("temperature")),
-            ("targets", model.get("targets")), ("lambda 2D", model.get("lambda_2d")),
+            ("targets", model.get("targets")),
+            ("lambda 2D", "automatic (gradient-norm balance, ratio %s)" % model.get("balance_ratio")
+             if model.get("lambda_2d") is None and model.get("targets") == "2d3d" else model.get("lambda_2d")),
+            ("global distillation ratio", model.get("global_ratio")),
             ("mask ratio", model.get("mask_ratio")), ("points", model.get("num_points")),
             ("groups per level", model.get("num_groups")), ("encoder dims", model.get("enc_dims")),
             ("encoder depths", model.get("enc_depths")), ("epochs", optim.get("epochs")),
@@ -347,10 +350,15 @@ def _settings_section(inp: ReportInputs) -> str:
 
 
 def _training_section(inp: ReportInputs) -> str:
+    from i2p.report.balance_plot import balance_plot
+
     parts = []
     for maker, alt, cap in (
             (loss_plot, "loss curves", "Pre-training loss per step: the 3D reconstruction part and the 2D "
                                        "feature-regression part (L = L3d + lambda * L2d)."),
+            (balance_plot, "2D/3D balance", "The balance of the objective: the weight each 2D term got per "
+                                            "step, the ratio of the gradient norms the 2D and 3D terms send "
+                                            "into the encoder, and the held-out R2 of the 2D heads."),
             (probe_plot, "probe accuracy", "Linear-SVM probe accuracy after each epoch (3-fold cross-validation "
                                            "on the probe cache): monitoring, not a test result."),
             (rate_plot, "throughput", "Training throughput (samples/s) and learning-rate schedule.")):

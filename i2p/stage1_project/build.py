@@ -48,6 +48,13 @@ class BuildConfig:
     seed: int = 0
     read_workers: int = 4
     progress: bool = True
+    # Render mode of the depth images (projection.PROJECTIONS): 'sum' is the paper's.
+    projection: str = "sum"
+    # Denoised targets: features and saliency averaged over the clean render and this many
+    # renders of the cloud jittered by N(0, denoise_sigma) (seeded per sample and render). The
+    # raster parameters (``proj``) stay those of the clean cloud. 0 = the paper's single render.
+    denoise: int = 0
+    denoise_sigma: float = 0.01
 
 
 @dataclass
@@ -118,7 +125,15 @@ def _settings(cfg: BuildConfig, ds: PointDataset, teacher_info: dict, layout: cs
         "teacher_random": teacher_info["is_random"],
         "teacher_mean": list(teacher_info["mean"]),
         "teacher_std": list(teacher_info["std"]),
+        "projection": cfg.projection,
+        "denoise": int(cfg.denoise),
+        "denoise_sigma": float(cfg.denoise_sigma) if cfg.denoise else None,
     }
+
+
+# Settings added after format version 1 was fixed; a cache written before them used these
+# values, so it is still read (and resumed) as such.
+LEGACY_DEFAULTS = {"projection": "sum", "denoise": 0, "denoise_sigma": None}
 
 
 def _load_one(ds: PointDataset, index: int) -> tuple[int, np.ndarray | None, str | None]:
@@ -163,8 +178,17 @@ def _shard_reader(ds: PointDataset, layout: cs.CacheLayout, shards: list[int], w
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _compute(pts: np.ndarray, teacher, device: torch.device, batch: int, layout: cs.CacheLayout):
-    """Project + teacher for the valid rows of one shard, in fixed sub-batches."""
+def _jitter_seed(seed: int, row_id: int, k: int) -> int:
+    from i2p.common.geometry import stable_seed
+
+    return stable_seed("denoise", seed, row_id, k)
+
+
+def _compute(pts: np.ndarray, teacher, device: torch.device, batch: int, layout: cs.CacheLayout,
+             projection: str = "sum", denoise: int = 0, sigma: float = 0.0, seed: int = 0,
+             first_index: int = 0):
+    """Project + teacher for the valid rows of one shard, in fixed sub-batches; with
+    ``denoise`` K > 0 the maps are the mean over the clean render and K jittered ones."""
     n = len(pts)
     h, w, c = layout.feature_shape
     nv = layout.views
@@ -177,12 +201,20 @@ def _compute(pts: np.ndarray, teacher, device: torch.device, batch: int, layout:
         rows = valid[k:k + batch]
         t0 = time.perf_counter()
         x = torch.from_numpy(pts[rows]).to(device)
-        depth, p = project(x)
+        depth, p = project(x, mode=projection)
         images = to_teacher_input(depth, teacher.mean, teacher.std)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         f, s = teacher(images)
+        for k in range(1, denoise + 1):
+            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
+                _jitter_seed(seed, first_index + int(r), k))) for r in rows]).to(device)
+            dk, _ = project(x + sigma * noise, mode=projection)
+            fk, sk = teacher(to_teacher_input(dk, teacher.mean, teacher.std))
+            f, s = f + fk, s + sk
+        if denoise:
+            f, s = f / (denoise + 1), s / (denoise + 1)
         f = f.view(len(rows), nv, h, w, c)
         s = s.view(len(rows), nv, h, w)
         feats[rows] = f.to(torch.float16).cpu().numpy()
@@ -239,9 +271,10 @@ def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher,
     (its data first, then its completion marker). If ``stop.signal`` becomes set (SIGTERM/SIGUSR1),
     the shard in progress is finished and written, and no further shard is started."""
     for shard, pts, skips, t_read in _shard_reader(ds, layout, shards, cfg.read_workers):
-        feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout)
-        t0 = time.perf_counter()
         lo, hi = layout.shard_range(shard)
+        feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout, cfg.projection,
+                                                     cfg.denoise, cfg.denoise_sigma, cfg.seed, lo)
+        t0 = time.perf_counter()
         root["features"][lo:hi] = feats
         root["saliency"][lo:hi] = sal
         root["proj"][lo:hi] = proj
@@ -316,8 +349,8 @@ def _open_or_create(cfg: BuildConfig, layout: cs.CacheLayout, settings: dict, ds
     if has and cfg.overwrite:
         zarr.open_group(cfg.out, mode="w")  # clears the store, local or remote
         has = False
-    elif has and existing.attrs["settings"] != settings:
-        old = existing.attrs["settings"]
+    elif has and {**LEGACY_DEFAULTS, **existing.attrs["settings"]} != settings:
+        old = {**LEGACY_DEFAULTS, **existing.attrs["settings"]}
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         raise CacheError(f"{cfg.out} holds a cache built with other settings ({', '.join(diff)} differ); "
                          "pass --overwrite to replace it or choose another --out")

@@ -28,6 +28,10 @@ VIEW_AXES: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (2, 0, 1), (1, 2, 0))
 IMAGE_SIZE = 224
 STAMP = 5
 PROJ_FIELDS = ("min_a", "min_b", "cell", "shift_a", "shift_b")
+# 'sum': the paper's raster (a pixel holds the signed sum of the depths stamped on it);
+# 'zbuffer': a pixel holds the nearest surface's depth (largest d), mapped to (1 + d) > 0 so
+# that it stays apart from the empty background (0).
+PROJECTIONS = ("sum", "zbuffer")
 
 
 def _view_coords(points: torch.Tensor, views: Sequence[tuple[int, int, int]]) -> torch.Tensor:
@@ -62,12 +66,15 @@ def pixel_indices(points: torch.Tensor, proj: torch.Tensor, size: int = IMAGE_SI
 
 
 def project(points: torch.Tensor, size: int = IMAGE_SIZE, stamp: int = STAMP,
-            views: Sequence[tuple[int, int, int]] = VIEW_AXES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render depth-sum images.
+            views: Sequence[tuple[int, int, int]] = VIEW_AXES, mode: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """Render depth images (``mode``: see ``PROJECTIONS``).
 
     Returns ``(depth [B,V,S,S] float32, proj [B,V,5] float32)``; ``depth`` is the raw sum of
-    stamped depth values (apply :func:`to_teacher_input` for the teacher's input).
+    stamped depth values, or the nearest depth as ``1 + d`` for ``zbuffer`` (apply
+    :func:`to_teacher_input` for the teacher's input). ``proj`` is the same for both modes.
     """
+    if mode not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {mode!r}")
     points = points.float()
     bsz, n = points.shape[:2]
     nv = len(views)
@@ -84,7 +91,10 @@ def project(points: torch.Tensor, size: int = IMAGE_SIZE, stamp: int = STAMP,
     flat = (base + rows * size + cols).reshape(-1)
     vals = vc[..., 2, None, None].expand(-1, -1, -1, stamp, stamp).reshape(-1)
     depth = torch.zeros(bsz * nv * size * size, device=points.device, dtype=torch.float32)
-    depth.index_add_(0, flat, vals)
+    if mode == "zbuffer":
+        depth.scatter_reduce_(0, flat, vals + 1.0, reduce="amax", include_self=True)  # |d| <= 1
+    else:
+        depth.index_add_(0, flat, vals)
     return depth.view(bsz, nv, size, size), proj
 
 

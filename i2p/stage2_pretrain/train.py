@@ -76,7 +76,7 @@ def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
 
     if holdout <= 0:
         return list(range(n)), []
-    held = sorted(set(np.linspace(0, n - 1, num=min(holdout, n // 2)).round().astype(int).tolist()))
+    held = sorted(set(np.linspace(0, n - 1, num=min(holdout, n // 5)).round().astype(int).tolist()))
     hs = set(held)
     return [i for i in range(n) if i not in hs], held
 
@@ -121,6 +121,9 @@ def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device)
     from i2p.stage1_project.teachers import create_teacher, teacher_fingerprint
 
     s = attrs["settings"]
+    if s.get("denoise"):
+        raise TrainingError("--online-teacher cannot reproduce a cache built with --denoise (its targets average "
+                            "several jittered renders); train from the cache")
     weights = cfg.teacher_weights or ("random" if s["teacher_random"] else None)
     teacher = create_teacher(s["teacher"], weights=weights, device=device)
     fp = teacher_fingerprint(teacher)
@@ -130,10 +133,10 @@ def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device)
     return teacher
 
 
-def _teacher_maps(teacher, points: torch.Tensor):
+def _teacher_maps(teacher, points: torch.Tensor, projection: str = "sum"):
     from i2p.stage1_project.projection import project, to_teacher_input
 
-    depth, proj = project(points)
+    depth, proj = project(points, mode=projection)
     f, s = teacher(to_teacher_input(depth, teacher.mean, teacher.std))
     b, v = proj.shape[:2]
     return f.view(b, v, *f.shape[1:]), s.view(b, v, *s.shape[1:]), proj
@@ -158,7 +161,7 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         if teacher is not None:
-            feats, sal, proj = _teacher_maps(teacher, points)
+            feats, sal, proj = _teacher_maps(teacher, points, getattr(teacher, "projection", "sum"))
         else:
             feats = batch["features"].to(device, non_blocking=True)
             sal = batch["saliency"].to(device, non_blocking=True)
@@ -256,6 +259,8 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     if dist_info.is_main:
         pcfg.save(cfg, run_dir / "config.yaml")
     teacher = _online_teacher(cfg, attrs, device) if cfg.online_teacher else None
+    if teacher is not None:
+        teacher.projection = attrs["settings"].get("projection", "sum")
     norm = None
     if cfg.model.use_2d:
         norm = {k: v.to(device) for k, v in target_stats(full_ds, cfg.data.normalize_samples).items()}

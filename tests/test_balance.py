@@ -1,0 +1,147 @@
+"""The 2D/3D balance: gradient-norm balancing is exact and scale-free; the levers (global
+distillation, per-point L2 targets) and the diagnostics (encoder gradient norms, held-out R2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from i2p.stage2_pretrain import config as pcfg
+from i2p.stage2_pretrain.model import build_model
+from i2p.stage2_pretrain.model import mae as mae_mod
+from i2p.stage2_pretrain.model.mae import balance_weight
+from test_model import C, make_batch, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_balance_weight_makes_the_gradient_ratio_exact():
+    x = torch.randn(5, 7, requires_grad=True)
+    ref = (x[:2] ** 2).sum() * 0.01  # a small loss on some rows
+    big = ((x[2:] * 40 - 3) ** 2).mean() * 1e3  # a huge loss on the others
+    w, raw = balance_weight(ref, big, x, ratio=0.3)
+    g_ref = torch.autograd.grad(ref, x, retain_graph=True)[0]
+    g_big = torch.autograd.grad(w * big, x)[0]
+    assert g_big.norm() / g_ref.norm() == pytest.approx(0.3, rel=1e-5)
+    assert raw > 1e3 and not w.requires_grad
+
+
+def _encoder_grad_ratio(model, batch, feats_scale=1.0, global_target=None) -> float:
+    pts, feats, sal, proj = batch
+    out = model(pts, feats.float() * feats_scale, sal, proj, generator=torch.Generator().manual_seed(3),
+                global_target=global_target)
+    params = [p for p in model.encoder.parameters()]
+
+    def norm(term):
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+
+    return float(norm(out["w_2d"] * out["loss_2d"]) / norm(out["loss_3d"]))
+
+
+@pytest.mark.parametrize("lambda_2d", [None, 1.0])
+def test_automatic_balance_is_scale_free_and_a_fixed_weight_is_not(lambda_2d, monkeypatch):
+    """Raw targets (no normalisation anywhere in the model): multiplying the 2D targets by 10,
+    or the 3D loss by 100, must not move the ratio of the gradient norms that the two terms
+    send into the ENCODER by 2x or more. A fixed weight (the paper's 1.0) moves it ~10-100x,
+    which is what shows the check can fail."""
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0, lambda_2d=lambda_2d)
+    model = build_model(cfg)
+    batch = make_batch(cfg)
+    base = _encoder_grad_ratio(model, batch)
+    targets_x10 = _encoder_grad_ratio(model, batch, feats_scale=10.0)
+    chamfer = mae_mod.chamfer_l2
+    monkeypatch.setattr(mae_mod, "chamfer_l2", lambda a, b: 100.0 * chamfer(a, b))
+    loss3d_x100 = _encoder_grad_ratio(model, batch)
+    changes = [max(r / base, base / r) for r in (targets_x10, loss3d_x100)]
+    if lambda_2d is None:
+        assert max(changes) < 2.0, (base, targets_x10, loss3d_x100)
+    else:
+        assert min(changes) > 5.0, (base, targets_x10, loss3d_x100)
+
+
+def test_fixed_lambda_is_a_manual_override():
+    cfg = tiny(lambda_2d=0.25)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
+    assert float(out["w_2d"]) == 0.25
+    assert torch.allclose(out["loss"], out["loss_3d"] + 0.25 * out["loss_2d"])
+
+
+def test_global_distillation_term_is_balanced_and_learns():
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0, global_ratio=0.5)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    target = torch.randn(len(pts), cfg.views * C, generator=torch.Generator().manual_seed(5))
+    assert model.head_global.out_features == cfg.views * C
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0), global_target=target)
+        assert out["w_global"] > 0 and torch.isfinite(out["loss_global"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss_global"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="global_target"):
+        model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
+
+
+def test_point_l2_targets_have_unit_length_per_view():
+    cfg = tiny(target_l2=True)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    with torch.no_grad():
+        out = model(pts, feats * 7.0, sal, proj, generator=torch.Generator().manual_seed(0))
+    t = out["target_2d"].view(out["target_2d"].shape[0], -1, cfg.views, C)
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(t.shape[:-1]), rtol=1e-5, atol=1e-5)
+    plain = build_model(tiny())
+    with torch.no_grad():
+        raw = plain(pts, feats * 7.0, sal, proj, generator=torch.Generator().manual_seed(0))["target_2d"]
+    assert raw.view(t.shape).norm(dim=-1).mean() > 3  # the un-normalised ones are not
+
+
+def test_presets_paper_is_the_published_recipe_and_defaults_balance():
+    paper = pcfg.resolve("paper")
+    assert paper.model.lambda_2d == 1.0 and paper.model.global_ratio == 0.0 and not paper.model.target_l2
+    assert paper.data.normalize_targets is False and paper.data.holdout == 0
+    for name in ("tiny", "base"):
+        cfg = pcfg.resolve(name)
+        assert cfg.model.lambda_2d is None and cfg.data.normalize_targets
+    assert pcfg.resolve("base").model.enc_dims == paper.model.enc_dims
+    assert pcfg.resolve("tiny", ["loss.lambda_2d=0.01"]).model.lambda_2d == 0.01
+    assert pcfg.resolve("paper", ["loss.lambda_2d=auto"]).model.lambda_2d is None
+    with pytest.raises(Exception, match="lambda_2d"):
+        pcfg.resolve("tiny", ["loss.lambda_2d=-1"])
+
+
+def test_run_logs_balance_diagnostics_and_heldout_r2(small_cache, tmp_path):
+    from i2p.common.checkpoint import load_checkpoint
+    from i2p.stage2_pretrain.train import pretrain
+
+    cfg = pcfg.resolve("tiny", ["model.enc_depths=[1,1,1]", "data.workers=0", "log.progress=false",
+                                "optim.batch_size=8", "optim.epochs=2", "data.holdout=8",
+                                "log.diag_every_steps=2", "model.global_ratio=0.1"])
+    res = pretrain(small_cache, str(tmp_path / "run"), cfg)
+    assert res.step == 10  # (52 - 8 held out) // 8 = 5 steps per epoch
+    recs = [json.loads(ln) for ln in Path(tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    diag = [r for r in recs if "enc_grad_3d" in r]
+    assert len(diag) == 5
+    for r in diag:
+        assert r["enc_grad_3d"] > 0 and r["enc_grad_2d"] > 0 and r["enc_grad_global"] > 0
+        assert r["enc_grad_ratio_2d"] == pytest.approx(r["enc_grad_2d"] / r["enc_grad_3d"])
+    r2 = [r for r in recs if "heldout_r2_2d" in r]
+    assert [r["epoch"] for r in r2] == [0, 1]
+    assert all(-5 < r["heldout_r2_2d"] < 1 and -5 < r["heldout_r2_global"] < 1 for r in r2)
+    steps = [r for r in recs if "loss" in r]
+    assert all(r["loss"] == pytest.approx(r["loss_3d"] + r["w_2d"] * r["loss_2d"] + r["w_global"] * r["loss_global"],
+                                          rel=1e-5) for r in steps)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert len(ckpt["holdout"]) == 8 and ckpt["target_norm"]["global_mean"].shape == (3 * 8,)
