@@ -68,3 +68,23 @@ def test_cache_written_before_the_levers_is_still_resumed(tmp_path):
 
     with pytest.raises(CacheError, match="denoise"):
         build_small_cache(out, data=spec, points=256, denoise=1)
+
+
+def test_teacher_layer_choice_changes_the_feature_map_and_the_identity():
+    from i2p.common.errors import TeacherError
+    from i2p.stage1_project.teachers import create_teacher
+
+    torch.manual_seed(0)
+    default = create_teacher("effnet-lite2", weights="random")
+    torch.manual_seed(0)
+    mid = create_teacher("effnet-lite2@blocks.4", weights="random")
+    late = create_teacher("effnet-lite2@blocks.6", weights="random")
+    assert default.feature_shape == (14, 14, 120 + 352)  # blocks.4 + blocks.6, the default pair
+    assert mid.feature_shape == (14, 14, 120) and late.feature_shape == (7, 7, 352)
+    assert late.name == "effnet-lite2@blocks.6"
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(default(x)[0][..., :120], mid(x)[0])  # same init: the same stage-16 map
+    with pytest.raises(TeacherError, match="no layer choice"):
+        create_teacher("clip-vitb16@visual.transformer", weights="random")
+    with pytest.raises(TeacherError, match="no module"):
+        create_teacher("effnet-lite2@blocks.99", weights="random")

@@ -7,6 +7,11 @@ fit weights is a one-line :class:`~i2p.common.errors.TeacherError` naming ``--te
 
 A name containing ``:`` registers a family: its prefix (before the first ``:``) is matched and
 the factory receives the rest of the name as ``spec``.
+
+Layer choice: ``NAME@MOD[,MOD...]`` (e.g. ``effnet-lite2@blocks.6``, ``timm:resnet50@layer3``)
+takes the feature map(s) of those named modules instead of the teacher's default, for the
+teachers whose factory accepts ``layers`` (the timm CNNs). The full name, ``@`` part included,
+is the teacher's identity in the cache.
 """
 
 from __future__ import annotations
@@ -42,12 +47,28 @@ def list_teachers() -> list[str]:
 
 def create_teacher(name: str, weights: str | None = None, device="cpu") -> Teacher:
     """Build a frozen teacher (eval, no grad) on ``device``."""
-    if name in _REGISTRY:
-        return _REGISTRY[name](weights=weights, device=device)
-    prefix, sep, spec = name.partition(":")
-    if sep and prefix in _FAMILIES and spec:
-        return _FAMILIES[prefix][1](spec, weights=weights, device=device)
-    raise TeacherError(f"unknown teacher {name!r}; valid: {', '.join(list_teachers())}")
+    base, at, layer_text = name.partition("@")
+    kw = {}
+    if at:
+        layers = [m.strip() for m in layer_text.split(",") if m.strip()]
+        if not layers:
+            raise TeacherError(f"teacher {name!r}: name the feature module(s) after '@'")
+        kw["layers"] = layers
+    try:
+        if base in _REGISTRY:
+            teacher = _REGISTRY[base](weights=weights, device=device, **kw)
+        else:
+            prefix, sep, spec = base.partition(":")
+            if not (sep and prefix in _FAMILIES and spec):
+                raise TeacherError(f"unknown teacher {base!r}; valid: {', '.join(list_teachers())}")
+            teacher = _FAMILIES[prefix][1](spec, weights=weights, device=device, **kw)
+    except TypeError as e:
+        if "layers" in str(e):
+            raise TeacherError(f"teacher {base!r} has no layer choice ('@...'); the timm CNN teachers have") from None
+        raise
+    if at:
+        teacher.name = name
+    return teacher
 
 
 def teacher_fingerprint(teacher: Teacher) -> dict:
@@ -82,17 +103,17 @@ def _open_clip(spec: str, weights=None, device="cpu"):
 
 
 @register_teacher("effnet-lite2")
-def _effnet_lite2(weights=None, device="cpu"):
+def _effnet_lite2(weights=None, device="cpu", layers=None):
     from .effnet_lite2 import create_effnet_lite2
 
-    return create_effnet_lite2(weights, device)
+    return create_effnet_lite2(weights, device, layers)
 
 
 @register_teacher("timm:NAME")
-def _timm(spec: str, weights=None, device="cpu"):
+def _timm(spec: str, weights=None, device="cpu", layers=None):
     from .timm_cnn import create_timm_teacher
 
-    return create_timm_teacher(f"timm:{spec}", spec, weights, device)
+    return create_timm_teacher(f"timm:{spec}", spec, weights, device, layers)
 
 
 __all__ = ["Teacher", "register_teacher", "create_teacher", "list_teachers", "teacher_fingerprint"]

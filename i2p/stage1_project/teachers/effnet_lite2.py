@@ -89,8 +89,9 @@ def remap_lukemelas(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     return out
 
 
-def create_effnet_lite2(weights: str | None = None, device="cpu") -> TimmTeacher:
-    """weights: None (the shipped ImageNet file), 'random', or a FILE in timm or old naming."""
+def create_effnet_lite2(weights: str | None = None, device="cpu", layers: list[str] | None = None) -> TimmTeacher:
+    """weights: None (the shipped ImageNet file), 'random', or a FILE in timm or old naming;
+    layers: feature modules instead of ``FEATURE_MODULES``."""
     name = "effnet-lite2"
     model = build_timm(name, ARCH)
     if weights == "random":
@@ -103,6 +104,6 @@ def create_effnet_lite2(weights: str | None = None, device="cpu") -> TimmTeacher
         load_strict(name, model, state, path)
         src = f"package:{PACKAGE}" if weights is None else f"file:{path}"
         sha = sha256_file(path)
-    teacher = TimmTeacher(name, model, FEATURE_MODULES, src, sha)
+    teacher = TimmTeacher(name, model, list(layers or FEATURE_MODULES), src, sha)
     teacher.mean, teacher.std = MEAN, STD
     return teacher.freeze(device)

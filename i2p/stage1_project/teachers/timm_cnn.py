@@ -121,7 +121,8 @@ class TimmTeacher(Teacher):
         return feats.permute(0, 2, 3, 1), sal
 
 
-def create_timm_teacher(name: str, arch: str, weights: str | None, device="cpu") -> TimmTeacher:
+def create_timm_teacher(name: str, arch: str, weights: str | None, device="cpu",
+                        layers: list[str] | None = None) -> TimmTeacher:
     """``timm:NAME``: weights from the timm hub (None), a state-dict FILE, or 'random'."""
     if weights is None:
         model = build_timm(name, arch, pretrained=True)
@@ -133,4 +134,4 @@ def create_timm_teacher(name: str, arch: str, weights: str | None, device="cpu")
             path = os.path.abspath(os.path.expanduser(weights))
             load_strict(name, model, load_state_file(name, path), path)
             src, sha = f"file:{path}", sha256_file(path)
-    return TimmTeacher(name, model, None, src, sha).freeze(device)
+    return TimmTeacher(name, model, layers, src, sha).freeze(device)
