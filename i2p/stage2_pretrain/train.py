@@ -149,8 +149,33 @@ def global_target(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(2, 3)).flatten(1)
 
 
+def teacher_bank(ds: MultiCacheDataset, positions: list[int], norm: dict, device: torch.device) -> dict:
+    """The standardised global teacher feature of every training shape (the negatives and
+    positives of the 'nce' global term): ``{"emb": [M, V*C], "row": {sample index: row}}``.
+    Read once, 32 samples per read; the same on every rank and every resume."""
+    import bisect
+
+    by_part: dict[int, list[int]] = {}
+    for pos in positions:
+        part_i = bisect.bisect_right(ds.cumulative_sizes, pos)
+        start = ds.cumulative_sizes[part_i - 1] if part_i else 0
+        by_part.setdefault(part_i, []).append(pos - start)
+    embs, row = [], {}
+    for part_i, ks in by_part.items():
+        part = ds.parts[part_i]
+        idx = [int(part.indices[k]) for k in ks]
+        for start in range(0, len(idx), 32):
+            chunk = idx[start:start + 32]
+            block = torch.from_numpy(part._arrays()["features"].get_orthogonal_selection(chunk))
+            embs.append((global_target(block).to(device) - norm["global_mean"]) / norm["global_std"])
+            for i in chunk:
+                row[i + part.index_offset] = len(row)
+    return {"emb": torch.cat(embs), "row": row}
+
+
 def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
-                  norm: dict | None = None, normalize_maps: bool = True, tag: str = "step") -> dict:
+                  norm: dict | None = None, normalize_maps: bool = True, tag: str = "step",
+                  bank: dict | None = None) -> dict:
     """One training step's forward, exactly as the loop runs it (the benchmarks call it too):
     one generator per sample seeded by (seed, step, sample) so the draws do not depend on how
     the global batch is split across ranks; cached maps or the online teacher; the global
@@ -171,8 +196,18 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
             glob = (global_target(feats) - norm["global_mean"]) / norm["global_std"]
             if normalize_maps:
                 feats = (feats.float() - norm["mean"]) / norm["std"]
+        keys = rows = None
+        if bank is not None and glob is not None:
+            # samples outside the bank (held-out ones) bring their own feature as the positive
+            idx = [int(i) for i in batch["index"]]
+            extra = [j for j, i in enumerate(idx) if i not in bank["row"]]
+            keys = torch.cat([bank["emb"], glob[extra]]) if extra else bank["emb"]
+            m = len(bank["emb"])
+            pos = {j: m + n for n, j in enumerate(extra)}
+            rows = torch.tensor([bank["row"][i] if i in bank["row"] else pos[j] for j, i in enumerate(idx)],
+                                device=device)
         return train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
-                           generator=gen, global_target=glob)
+                           generator=gen, global_target=glob, global_bank=keys, global_rows=rows)
 
 
 class MetricsLog:
@@ -264,6 +299,9 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     norm = None
     if cfg.model.use_2d:
         norm = {k: v.to(device) for k, v in target_stats(full_ds, cfg.data.normalize_samples).items()}
+    bank = None
+    if norm is not None and cfg.model.global_ratio > 0 and cfg.model.global_loss == "nce":
+        bank = teacher_bank(full_ds, train_pos, norm, device)
     held_ds = torch.utils.data.Subset(_unaugmented(full_ds), held_pos) if held_pos and cfg.model.use_2d \
         and not cfg.online_teacher else None
 
@@ -306,7 +344,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                 t_prev = time.perf_counter()
                 for batch in _make_loader(ds, cfg, epoch, start, dist_info):
                     out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm,
-                                         cfg.data.normalize_targets)
+                                         cfg.data.normalize_targets, bank=bank)
                     loss = out_["loss"]
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopped, "
@@ -345,7 +383,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                     if epoch_end and held_ds is not None and dist_info.is_main and cfg.log.r2_every_epochs and \
                             (step // steps_per_epoch) % cfg.log.r2_every_epochs == 0:
                         log.write({"step": step, "epoch": epoch,
-                                   **heldout_r2(model, held_ds, device, cfg, norm)})
+                                   **heldout_r2(model, held_ds, device, cfg, norm, bank)})
                     if epoch_end and probe_cache and dist_info.is_main and \
                             (step // steps_per_epoch) % cfg.log.probe_every_epochs == 0:
                         log.write({"step": step, "epoch": epoch, **_probe(model, probe_cache, device)})
@@ -391,23 +429,34 @@ def encoder_grad_norms(model, out: dict) -> dict:
 
 
 @torch.no_grad()
-def heldout_r2(model, held_ds, device: torch.device, cfg: pcfg.PretrainConfig, norm: dict | None) -> dict:
+def heldout_r2(model, held_ds, device: torch.device, cfg: pcfg.PretrainConfig, norm: dict | None,
+               bank: dict | None = None) -> dict:
     """Share of the 2D targets' variance that the 2D head explains on held-out samples
     (visible tokens, masks drawn as in training from fixed generators; eval mode), and the
-    same for the global term. Near 0 or below: the head learns nothing that generalises."""
+    same for an 'mse' global term; for an 'nce' one, the share of held-out shapes whose
+    student feature picks their own teacher feature among the bank's and the held-out ones
+    (``heldout_top1_global``). Near 0: the head learns nothing that generalises."""
     was = model.training
     model.eval()
     acc: dict[str, list] = {}
     try:
         loader = torch.utils.data.DataLoader(held_ds, batch_size=cfg.optim.batch_size, num_workers=0)
         for batch in loader:
-            out = forward_batch(model, batch, device, cfg.seed, 0, None, norm, cfg.data.normalize_targets, tag="r2")
+            out = forward_batch(model, batch, device, cfg.seed, 0, None, norm, cfg.data.normalize_targets, tag="r2",
+                                bank=bank)
             for key in ("2d", "global"):
                 if f"pred_{key}" in out:
                     acc.setdefault(key, []).append((out[f"pred_{key}"].double().cpu(), out[f"target_{key}"].double().cpu()))
     finally:
         model.train(was)
     res = {}
+    if cfg.model.global_loss == "nce" and "global" in acc:
+        pairs = acc.pop("global")
+        pred = torch.nn.functional.normalize(torch.cat([p for p, _ in pairs]), dim=-1)
+        own = torch.cat([t for _, t in pairs])
+        keys = own if bank is None else torch.cat([bank["emb"].double().cpu(), own])
+        hits = (pred @ torch.nn.functional.normalize(keys, dim=-1).T).argmax(dim=1)
+        res["heldout_top1_global"] = float((hits == torch.arange(len(own)) + len(keys) - len(own)).double().mean())
     for key, pairs in acc.items():
         pred = torch.cat([p.reshape(-1, p.shape[-1]) for p, _ in pairs])
         tgt = torch.cat([t.reshape(-1, t.shape[-1]) for _, t in pairs])

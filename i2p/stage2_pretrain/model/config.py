@@ -55,6 +55,13 @@ class ModelConfig:
     # pooled feature (each view mean-pooled, views side by side, standardised per channel),
     # balanced like the 2D term with this gradient ratio (against the 3D gradient); 0 = off.
     global_ratio: float = 0.0
+    # 'mse': regress the standardised teacher feature; 'nce': contrastive -- the projected
+    # student feature must pick its own shape's teacher feature among the teacher features of
+    # every training shape (the "bank"; in-batch when no bank is given), temperature
+    # ``global_tau``. NCE learns the teacher's similarity structure without having to
+    # reproduce its hundreds of noisy channels.
+    global_loss: str = "mse"
+    global_tau: float = 0.1
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
@@ -131,6 +138,8 @@ class ModelConfig:
             raise ValueError("lambda_2d must be >= 0 (or null for the automatic balance)")
         if self.balance_ratio <= 0 or self.global_ratio < 0:
             raise ValueError("balance_ratio must be > 0 and global_ratio >= 0")
+        if self.global_loss not in ("mse", "nce") or self.global_tau <= 0:
+            raise ValueError("global_loss must be 'mse' or 'nce' and global_tau > 0")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.teacher_channels < 0 or self.views < 1:

@@ -102,7 +102,9 @@ class I2PMAE(nn.Module):
     def forward(self, points: torch.Tensor, view_features: torch.Tensor | None = None,
                 view_saliency: torch.Tensor | None = None, proj: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-                generator: Rng = None, global_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                generator: Rng = None, global_target: torch.Tensor | None = None,
+                global_bank: torch.Tensor | None = None,
+                global_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One masked-autoencoding pass.
 
         points        [B, N, 3] ORIGINAL (un-augmented) coordinates, as stored in the cache
@@ -113,6 +115,8 @@ class I2PMAE(nn.Module):
         generator     drives every random choice (masking, drop path, FPS start if enabled):
                       one torch.Generator, or a list with one per sample (see ``rng.py``)
         global_target [B, V*C] the teacher's pooled feature (needed when ``global_ratio > 0``)
+        global_bank   [M, V*C] teacher features of every training shape ('nce'; None: in-batch)
+        global_rows   [B] row of each sample's own feature in ``global_bank``
 
         Returns ``loss`` (to backpropagate), ``loss_3d``, ``loss_2d`` (0 when targets='3d'),
         ``sal_visible`` / ``sal_masked`` (mean saliency of visible / masked coarse tokens, NaN
@@ -162,7 +166,7 @@ class I2PMAE(nn.Module):
                 w_2d = torch.ones((), device=points.device)
             loss = loss + w_2d * loss_2d
             if self.head_global is not None:
-                pooled, loss_g, pred_g = self._loss_global(enc[-1], global_target)
+                pooled, loss_g, pred_g = self._loss_global(enc[-1], global_target, global_bank, global_rows)
                 if auto:
                     w_g, raw_g = balance_weight(loss_3d, loss_g, pooled, cfg.global_ratio, ref_at=x)
                 else:
@@ -221,14 +225,25 @@ class I2PMAE(nn.Module):
         err = nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
         return per_sample_mean(err, b_idx, len(points)), pred, target
 
-    def _loss_global(self, top, global_target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """MSE between the head's reading of the max-pooled visible top-level tokens and the
-        teacher's pooled feature; returns ``(pooled tokens, loss)``."""
+    def _loss_global(self, top, global_target: torch.Tensor | None, bank: torch.Tensor | None = None,
+                     rows: torch.Tensor | None = None):
+        """The global term on the max-pooled visible top-level tokens; returns ``(pooled
+        tokens, loss, head output)``. 'mse': regression of the teacher's pooled feature;
+        'nce': cross-entropy of picking the sample's own teacher feature (cosine / tau) among
+        the bank's (or the batch's)."""
         if global_target is None:
             raise ValueError("global_ratio > 0 needs global_target (the teacher's pooled feature)")
         neg = torch.finfo(top.tokens.dtype).min
         pooled = top.tokens.masked_fill(~top.valid[..., None], neg).amax(dim=1)
         pred = self.head_global(pooled).float()
+        if self.cfg.global_loss == "nce":
+            keys = global_target if bank is None else bank
+            if bank is None:
+                rows = torch.arange(len(pred), device=pred.device)
+            elif rows is None:
+                raise ValueError("global_bank needs global_rows (each sample's row in the bank)")
+            logits = nn.functional.normalize(pred, dim=-1) @ nn.functional.normalize(keys.float(), dim=-1).T
+            return pooled, nn.functional.cross_entropy(logits / self.cfg.global_tau, rows), pred
         err = nn.functional.mse_loss(pred, global_target.float(), reduction="none").mean(dim=1)
         return pooled, err.mean(), pred
 
