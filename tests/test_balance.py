@@ -145,3 +145,44 @@ def test_run_logs_balance_diagnostics_and_heldout_r2(small_cache, tmp_path):
                                           rel=1e-5) for r in steps)
     ckpt = load_checkpoint(tmp_path / "run" / "last.ckpt")
     assert len(ckpt["holdout"]) == 8 and ckpt["target_norm"]["global_mean"].shape == (3 * 8,)
+
+
+def test_global_nce_picks_its_own_teacher_feature():
+    """'nce': cross-entropy over cosine similarities to the bank; starts near log(M) and
+    falls as the student learns to pick each shape's own teacher feature."""
+    import math
+
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0, global_ratio=0.5, global_loss="nce", global_tau=0.1)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    bank = torch.randn(10, cfg.views * C, generator=torch.Generator().manual_seed(5))
+    rows = torch.tensor([7, 2, 4, 0])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0),
+                    global_target=bank[rows], global_bank=bank, global_rows=rows)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss_global"].detach()))
+    assert abs(losses[0] - math.log(10)) < 1.0 and losses[-1] < 0.3 * losses[0], losses
+    with torch.no_grad():
+        pred = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0), global_target=bank[rows],
+                     global_bank=bank, global_rows=rows)["pred_global"]
+    sims = torch.nn.functional.normalize(pred, dim=-1) @ torch.nn.functional.normalize(bank, dim=-1).T
+    assert sims.argmax(dim=1).tolist() == rows.tolist()
+
+
+def test_teacher_bank_rows_follow_sample_indices(small_cache):
+    from i2p.cache.reader import MultiCacheDataset
+    from i2p.stage2_pretrain.train import global_target, target_stats, teacher_bank
+
+    ds = MultiCacheDataset([small_cache])
+    norm = target_stats(ds, 64)
+    bank = teacher_bank(ds, [3, 10, 40], norm, torch.device("cpu"))
+    assert bank["emb"].shape == (3, 3 * 8) and set(bank["row"]) == {ds[p]["index"] for p in (3, 10, 40)}
+    item = ds[10]
+    expect = (global_target(item["features"][None]) - norm["global_mean"]) / norm["global_std"]
+    torch.testing.assert_close(bank["emb"][bank["row"][item["index"]]], expect[0])
