@@ -27,7 +27,7 @@ from i2p.common.checkpoint import load_checkpoint
 RUNNER = str(Path(__file__).with_name("cli_runner.py"))
 EXE = f"{sys.executable} {RUNNER}"
 SLURM_LOCAL = REPO / "scripts" / "slurm-local.sh"
-FAST = ["model.enc_depths=[1,1,1]", "model.drop_path=0.0", "data.workers=1", "log.ckpt_every_steps=4",
+FAST = ["data.holdout=0", "model.enc_depths=[1,1,1]", "model.drop_path=0.0", "data.workers=1", "log.ckpt_every_steps=4",
         "log.progress=false", "optim.warmup_epochs=1"]
 SETS = [a for s in FAST for a in ("--set", s)]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",

@@ -26,7 +26,7 @@ from i2p.viz.data import (
 )
 from i2p.viz.figures import recon_figure, sample_figure
 
-FAST = ["model.drop_path=0.0", "data.workers=0", "log.progress=false", "optim.warmup_epochs=1",
+FAST = ["data.holdout=0", "model.drop_path=0.0", "data.workers=0", "log.progress=false", "optim.warmup_epochs=1",
         "optim.batch_size=8", "log.ckpt_every_steps=100"]
 
 
@@ -47,8 +47,8 @@ def _record_steps(monkeypatch):
     orig = I2PMAE.forward
 
     def spy(self, points, view_features=None, view_saliency=None, proj=None, scale=None, shift=None,
-            generator=None):
-        out = orig(self, points, view_features, view_saliency, proj, scale, shift, generator)
+            generator=None, **kw):
+        out = orig(self, points, view_features, view_saliency, proj, scale, shift, generator, **kw)
         calls.append({"points": points.detach().clone(), "scale": scale.clone(), "shift": shift.clone(),
                       "masks": [out[f"visible_mask_l{i}"].clone() for i in (1, 2, 3)]})
         return out
