@@ -37,11 +37,13 @@ def test_teacher_tokens_are_the_stage1_maps_views_side_by_side(small_cache):
 
 def test_eval_svm_with_teacher_ckpt(tmp_path):
     res = runner.svm("teacher:test-tiny", "builtin:primitives?n_train=4&n_test=2", str(tmp_path / "svm"),
-                     points=256, C=0.01, progress=False)
+                     C=0.01, progress=False)
     saved = json.loads((tmp_path / "svm" / "result.json").read_text())
     assert saved["checkpoint"]["path"] == "teacher:test-tiny"
     assert saved["checkpoint"]["teacher"]["name"] == "test-tiny"
-    assert saved["settings"]["feature_dim"] == 3 * 8
+    # a teacher's defaults: the stage-1 point count and mean+max pooling (chosen on SHREC'16 train)
+    assert saved["settings"]["feature_dim"] == 2 * 3 * 8 and saved["settings"]["pool"] == "meanmax"
+    assert saved["settings"]["points"] == 2048
     assert 0.0 <= res["accuracy"] <= 1.0 and saved["n_test"] == 26
     with pytest.raises(UserError, match="fine-tuning needs a 3D network"):
         runner.finetune("teacher:test-tiny", "builtin:primitives?n_train=4&n_test=2", str(tmp_path / "ft"))

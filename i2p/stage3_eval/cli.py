@@ -22,8 +22,8 @@ console = Console()
 
 CKPT = typer.Option(..., "--ckpt", help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
 DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
-POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN, else 1024)")
-POOL = typer.Option("max", "--pool", help="token pooling: max | meanmax")
+POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN and teacher:NAME, else 1024)")
+POOL = typer.Option(None, "--pool", help="token pooling: max | meanmax (default: max; meanmax for teacher:NAME)")
 SEED = typer.Option(0, "--seed", help="seed for point sampling, random init, CV folds and episodes")
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
 BATCH = typer.Option(32, "--batch-size", help="shapes per encoder forward pass")
@@ -63,7 +63,7 @@ def _c_value(C: str) -> str | float:
 
 
 @app.command("svm")
-def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: str = POOL,
+def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[str] = POOL,
             C: str = typer.Option("auto", "--C", help="'auto' (CV on train only) or a number"),
             folds: int = typer.Option(5, "--cv-folds", help="folds of the C cross-validation"),
             solver: str = typer.Option("svc", "--solver", help="svc (libsvm, paper's C) | liblinear"),
@@ -78,7 +78,7 @@ def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
 
 
 @app.command("knn")
-def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: str = POOL,
+def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[str] = POOL,
             k: int = typer.Option(20, "--k", help="neighbours"),
             vote: str = typer.Option("majority", "--vote", help="majority | weighted"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
@@ -103,7 +103,7 @@ def fewshot_cmd(ckpt: str = CKPT,
                 episodes_from: str = typer.Option("split", "--episodes-from",
                                                   help="split: support from train, query from test | all: pool both"),
                 C: str = typer.Option("0.0093", "--C", help="SVM C per episode, or 'auto' (CV on the support set)"),
-                points: Optional[int] = POINTS, pool: str = POOL, seed: int = SEED,
+                points: Optional[int] = POINTS, pool: Optional[str] = POOL, seed: int = SEED,
                 out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
                 device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
                 progress: bool = PROGRESS) -> None:
