@@ -33,3 +33,11 @@ def test_benchmark_harness_smoke(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Ratios and goals" in md and "cached_vs_online_paper" in md
     assert report["ratios"] == data["ratios"]
+
+
+def test_balance_cost_benchmark_runs(small_cache):
+    """The default-vs-fixed-lambda step benchmark runs on a real cache (no timing asserted)."""
+    from benchmarks.balance_cost import main
+
+    res = main(["--cache", small_cache, "--batch", "4", "--repeats", "1", "--warmup", "0"])
+    assert res["default_step_s"] > 0 and res["fixed_lambda_step_s"] > 0 and res["ratio_default_over_fixed_lambda"] > 0
