@@ -21,7 +21,7 @@ def main(argv=None) -> dict:
     from i2p.cache.reader import CacheDataset, MultiCacheDataset, open_for_training
     from i2p.stage2_pretrain.model import ModelConfig, build_model
     from i2p.stage2_pretrain.model.mae import optimizer_groups
-    from i2p.stage2_pretrain.train import target_stats
+    from i2p.stage2_pretrain.teacher_targets import select_norm, target_stats
 
     from benchmarks.stage2 import Batches, fixed_lambda_config, make_step
 
@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     over = dict(num_points=s["num_points"], views=s["views"], teacher_channels=s["feature_shape"][-1],
                 image_size=s["image_size"])
     default = (ModelConfig.base if a.model == "paper" else ModelConfig.tiny)(**over)
-    norm = target_stats(MultiCacheDataset([a.cache]), 256)
+    norm = select_norm(target_stats(MultiCacheDataset([a.cache]), 256), True, default.global_ratio > 0)
     steps = {}
     for name, cfg in (("default", default), ("fixed_lambda", fixed_lambda_config(default))):
         torch.manual_seed(0)

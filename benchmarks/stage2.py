@@ -109,8 +109,10 @@ def run(sizes: Sizes, workdir: Path) -> dict:
             warnings.simplefilter("ignore")
             teacher = create_teacher(settings["teacher"], weights="random", device=device)
         norm = _target_norm(cache)
-        if norm is not None:
-            norm = {k: v.to(device) for k, v in norm.items()}
+        if norm is not None:  # what train.py uses for the default objective: standardised maps
+            from i2p.stage2_pretrain.teacher_targets import select_norm
+
+            norm = {k: v.to(device) for k, v in select_norm(norm, True, False).items()}
         for name, batch in (("tiny", sizes.s2_batch_tiny), ("paper", sizes.s2_batch_paper)):
             torch.manual_seed(0)
             cfg = model_config(name, settings, sizes)

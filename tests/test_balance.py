@@ -177,7 +177,7 @@ def test_global_nce_picks_its_own_teacher_feature():
 
 def test_teacher_bank_rows_follow_sample_indices(small_cache):
     from i2p.cache.reader import MultiCacheDataset
-    from i2p.stage2_pretrain.train import global_target, target_stats, teacher_bank
+    from i2p.stage2_pretrain.teacher_targets import global_target, target_stats, teacher_bank
 
     ds = MultiCacheDataset([small_cache])
     norm = target_stats(ds, 64)

@@ -34,7 +34,11 @@ from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
 from i2p.stage2_pretrain.model.mae import optimizer_groups
+from i2p.stage2_pretrain.diagnostics import encoder_grad_norms, heldout_r2, unaugmented
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
+from i2p.stage2_pretrain.teacher_targets import (  # noqa: F401  (target_stats: benchmarks, tests)
+    apply_norm, bank_keys, select_norm, target_stats, teacher_bank,
+)
 
 LOG_KEYS = ("loss", "loss_3d", "loss_2d", "loss_global", "w_2d", "w_global", "grad_ratio_2d",
             "grad_ratio_global", "sal_visible", "sal_masked")
@@ -91,32 +95,6 @@ def _make_loader(ds, cfg: pcfg.PretrainConfig, epoch: int, start: int, dist_info
                                        prefetch_factor=4 if workers > 0 else None)
 
 
-def target_stats(ds: MultiCacheDataset, samples: int) -> dict[str, torch.Tensor]:
-    """Per-channel mean and std of the cached teacher features over the first valid samples of
-    each cache (``samples`` in all, split evenly; all views and pixels), and of the per-sample
-    global target (:func:`global_target`). Deterministic: every rank and every resume gets
-    the same numbers. Back-projection is linear with weights summing to 1, so standardising
-    the maps equals standardising the targets."""
-    total = sq = None
-    pooled = []
-    count = 0
-    for part in ds.parts:
-        root = part._arrays()
-        idx = part.indices[:max(1, samples // len(ds.parts))]
-        for start in range(0, len(idx), 32):
-            block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
-            pooled.append(global_target(block))
-            block = block.reshape(-1, block.shape[-1])
-            total = block.sum(0) if total is None else total + block.sum(0)
-            sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
-            count += block.shape[0]
-    mean = total / count
-    std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
-    pooled = torch.cat(pooled)
-    return {"mean": mean.float(), "std": std.float(), "global_mean": pooled.mean(0).float(),
-            "global_std": pooled.std(0, unbiased=False).clamp_min(1e-6).float()}
-
-
 def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device):
     from i2p.stage1_project.teachers import create_teacher, teacher_fingerprint
 
@@ -127,6 +105,7 @@ def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device)
     weights = cfg.teacher_weights or ("random" if s["teacher_random"] else None)
     teacher = create_teacher(s["teacher"], weights=weights, device=device)
     fp = teacher_fingerprint(teacher)
+    teacher.projection = s.get("projection", "sum")  # render as the cache was rendered
     if fp["weights_sha256"] != s["teacher_weights_sha256"]:
         raise TrainingError(f"online teacher weights (sha256 {fp['weights_sha256']}) differ from the cache's "
                             f"({s['teacher_weights_sha256']}): pass the same --teacher-weights")
@@ -142,45 +121,13 @@ def _teacher_maps(teacher, points: torch.Tensor, projection: str = "sum"):
     return f.view(b, v, *f.shape[1:]), s.view(b, v, *s.shape[1:]), proj
 
 
-def global_target(features: torch.Tensor) -> torch.Tensor:
-    """``[B, V, h, w, C]`` teacher maps -> ``[B, V*C]``: each view's mean-pooled feature, views
-    side by side. Chosen by 5-fold CV on SHREC'16 train (linear SVM on the teacher's own
-    pooled features): per-view mean 75%, per-view max 73%, max over everything 57%."""
-    return features.float().mean(dim=(2, 3)).flatten(1)
-
-
-def teacher_bank(ds: MultiCacheDataset, positions: list[int], norm: dict, device: torch.device) -> dict:
-    """The standardised global teacher feature of every training shape (the negatives and
-    positives of the 'nce' global term): ``{"emb": [M, V*C], "row": {sample index: row}}``.
-    Read once, 32 samples per read; the same on every rank and every resume."""
-    import bisect
-
-    by_part: dict[int, list[int]] = {}
-    for pos in positions:
-        part_i = bisect.bisect_right(ds.cumulative_sizes, pos)
-        start = ds.cumulative_sizes[part_i - 1] if part_i else 0
-        by_part.setdefault(part_i, []).append(pos - start)
-    embs, row = [], {}
-    for part_i, ks in by_part.items():
-        part = ds.parts[part_i]
-        idx = [int(part.indices[k]) for k in ks]
-        for start in range(0, len(idx), 32):
-            chunk = idx[start:start + 32]
-            block = torch.from_numpy(part._arrays()["features"].get_orthogonal_selection(chunk))
-            embs.append((global_target(block).to(device) - norm["global_mean"]) / norm["global_std"])
-            for i in chunk:
-                row[i + part.index_offset] = len(row)
-    return {"emb": torch.cat(embs), "row": row}
-
-
 def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
-                  norm: dict | None = None, normalize_maps: bool = True, tag: str = "step",
-                  bank: dict | None = None) -> dict:
+                  norm: dict | None = None, tag: str = "step", bank: dict | None = None) -> dict:
     """One training step's forward, exactly as the loop runs it (the benchmarks call it too):
-    one generator per sample seeded by (seed, step, sample) so the draws do not depend on how
-    the global batch is split across ranks; cached maps or the online teacher; the global
-    target (max-pooled raw features, standardised); per-channel target standardisation of the
-    maps (``normalize_maps``); bf16 autocast on CUDA. ``norm`` is :func:`target_stats`."""
+    one generator per sample seeded by (tag, seed, step, sample) so the draws do not depend on
+    how the global batch is split across ranks; cached maps or the online teacher; the maps
+    standardised and the global target made as ``norm`` (:func:`select_norm`) says; the 'nce'
+    bank's keys; bf16 autocast on CUDA."""
     gen = [torch.Generator().manual_seed(stable_seed(tag, seed, step, int(i))) for i in batch["index"]]
     points = batch["points"].to(device, non_blocking=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -191,21 +138,10 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
             feats = batch["features"].to(device, non_blocking=True)
             sal = batch["saliency"].to(device, non_blocking=True)
             proj = batch["proj"].to(device, non_blocking=True)
-        glob = None
-        if norm is not None:
-            glob = (global_target(feats) - norm["global_mean"]) / norm["global_std"]
-            if normalize_maps:
-                feats = (feats.float() - norm["mean"]) / norm["std"]
+        feats, glob = apply_norm(feats, norm)
         keys = rows = None
         if bank is not None and glob is not None:
-            # samples outside the bank (held-out ones) bring their own feature as the positive
-            idx = [int(i) for i in batch["index"]]
-            extra = [j for j, i in enumerate(idx) if i not in bank["row"]]
-            keys = torch.cat([bank["emb"], glob[extra]]) if extra else bank["emb"]
-            m = len(bank["emb"])
-            pos = {j: m + n for n, j in enumerate(extra)}
-            rows = torch.tensor([bank["row"][i] if i in bank["row"] else pos[j] for j, i in enumerate(idx)],
-                                device=device)
+            keys, rows = bank_keys(bank, [int(i) for i in batch["index"]], glob)
         return train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
                            generator=gen, global_target=glob, global_bank=keys, global_rows=rows)
 
@@ -294,15 +230,13 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     if dist_info.is_main:
         pcfg.save(cfg, run_dir / "config.yaml")
     teacher = _online_teacher(cfg, attrs, device) if cfg.online_teacher else None
-    if teacher is not None:
-        teacher.projection = attrs["settings"].get("projection", "sum")
+    use_global = cfg.model.use_2d and cfg.model.global_ratio > 0
     norm = None
-    if cfg.model.use_2d:
-        norm = {k: v.to(device) for k, v in target_stats(full_ds, cfg.data.normalize_samples).items()}
-    bank = None
-    if norm is not None and cfg.model.global_ratio > 0 and cfg.model.global_loss == "nce":
-        bank = teacher_bank(full_ds, train_pos, norm, device)
-    held_ds = torch.utils.data.Subset(_unaugmented(full_ds), held_pos) if held_pos and cfg.model.use_2d \
+    if cfg.model.use_2d and (cfg.data.normalize_targets or use_global):
+        stats = target_stats(full_ds, cfg.data.normalize_samples)
+        norm = {k: v.to(device) for k, v in select_norm(stats, cfg.data.normalize_targets, use_global).items()}
+    bank = teacher_bank(full_ds, train_pos, norm, device) if use_global and cfg.model.global_loss == "nce" else None
+    held_ds = torch.utils.data.Subset(unaugmented(full_ds), held_pos) if held_pos and cfg.model.use_2d \
         and not cfg.online_teacher else None
 
     train_model = model
@@ -319,8 +253,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": None, "step": step, "epoch": step // steps_per_epoch,
                  "rng_torch": torch.get_rng_state(), "config": pcfg.to_dict(cfg),
-                 "target_norm": None if norm is None else {
-                     **{k: v.cpu() for k, v in norm.items()}, "maps_standardised": cfg.data.normalize_targets},
+                 "target_norm": None if norm is None else {k: v.cpu() for k, v in norm.items()},
                  "holdout": held_pos,
                  "cache": {"path": caches[0], "paths": caches, "teacher": attrs["settings"]["teacher"],
                            "teacher_weights_sha256": attrs["settings"]["teacher_weights_sha256"],
@@ -343,8 +276,7 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                 model.train()
                 t_prev = time.perf_counter()
                 for batch in _make_loader(ds, cfg, epoch, start, dist_info):
-                    out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm,
-                                         cfg.data.normalize_targets, bank=bank)
+                    out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm, bank=bank)
                     loss = out_["loss"]
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopped, "
@@ -382,8 +314,10 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                         save(step // steps_per_epoch if epoch_end else None)
                     if epoch_end and held_ds is not None and dist_info.is_main and cfg.log.r2_every_epochs and \
                             (step // steps_per_epoch) % cfg.log.r2_every_epochs == 0:
-                        log.write({"step": step, "epoch": epoch,
-                                   **heldout_r2(model, held_ds, device, cfg, norm, bank)})
+                        forward = lambda b: forward_batch(model, b, device, cfg.seed, 0, None, norm,  # noqa: E731
+                                                          tag="r2", bank=bank)
+                        log.write({"step": step, "epoch": epoch, **heldout_r2(
+                            model, held_ds, forward, cfg.optim.batch_size, cfg.model.global_loss == "nce", bank)})
                     if epoch_end and probe_cache and dist_info.is_main and \
                             (step // steps_per_epoch) % cfg.log.probe_every_epochs == 0:
                         log.write({"step": step, "epoch": epoch, **_probe(model, probe_cache, device)})
@@ -396,73 +330,6 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
         log.close()
         shutdown(dist_info)
     return RunResult(run_dir, step, step // steps_per_epoch, stopped)
-
-
-def _unaugmented(full_ds):
-    """The held-out samples are read without augmentation: R2 is measured in the cache's frame."""
-    import copy
-
-    plain = copy.copy(full_ds)
-    plain.parts = [copy.copy(p) for p in full_ds.parts]
-    for p in plain.parts:
-        p.augment = False
-    plain.datasets = plain.parts
-    return plain
-
-
-def encoder_grad_norms(model, out: dict) -> dict:
-    """Diagnostic: the gradient norm that each weighted loss term sends into the encoder's
-    parameters (two or three extra backward passes; the step's own backward is unchanged)."""
-    params = [p for p in model.encoder.parameters() if p.requires_grad]
-    terms = {"3d": out["loss_3d"], "2d": out["w_2d"] * out["loss_2d"], "global": out["w_global"] * out["loss_global"]}
-    res = {}
-    for name, term in terms.items():
-        if not term.requires_grad:
-            continue
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        res[f"enc_grad_{name}"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
-    if res.get("enc_grad_3d"):
-        for name in ("2d", "global"):
-            if f"enc_grad_{name}" in res:
-                res[f"enc_grad_ratio_{name}"] = res[f"enc_grad_{name}"] / res["enc_grad_3d"]
-    return res
-
-
-@torch.no_grad()
-def heldout_r2(model, held_ds, device: torch.device, cfg: pcfg.PretrainConfig, norm: dict | None,
-               bank: dict | None = None) -> dict:
-    """Share of the 2D targets' variance that the 2D head explains on held-out samples
-    (visible tokens, masks drawn as in training from fixed generators; eval mode), and the
-    same for an 'mse' global term; for an 'nce' one, the share of held-out shapes whose
-    student feature picks their own teacher feature among the bank's and the held-out ones
-    (``heldout_top1_global``). Near 0: the head learns nothing that generalises."""
-    was = model.training
-    model.eval()
-    acc: dict[str, list] = {}
-    try:
-        loader = torch.utils.data.DataLoader(held_ds, batch_size=cfg.optim.batch_size, num_workers=0)
-        for batch in loader:
-            out = forward_batch(model, batch, device, cfg.seed, 0, None, norm, cfg.data.normalize_targets, tag="r2",
-                                bank=bank)
-            for key in ("2d", "global"):
-                if f"pred_{key}" in out:
-                    acc.setdefault(key, []).append((out[f"pred_{key}"].double().cpu(), out[f"target_{key}"].double().cpu()))
-    finally:
-        model.train(was)
-    res = {}
-    if cfg.model.global_loss == "nce" and "global" in acc:
-        pairs = acc.pop("global")
-        pred = torch.nn.functional.normalize(torch.cat([p for p, _ in pairs]), dim=-1)
-        own = torch.cat([t for _, t in pairs])
-        keys = own if bank is None else torch.cat([bank["emb"].double().cpu(), own])
-        hits = (pred @ torch.nn.functional.normalize(keys, dim=-1).T).argmax(dim=1)
-        res["heldout_top1_global"] = float((hits == torch.arange(len(own)) + len(keys) - len(own)).double().mean())
-    for key, pairs in acc.items():
-        pred = torch.cat([p.reshape(-1, p.shape[-1]) for p, _ in pairs])
-        tgt = torch.cat([t.reshape(-1, t.shape[-1]) for _, t in pairs])
-        sst = ((tgt - tgt.mean(0)) ** 2).sum()
-        res[f"heldout_r2_{key}"] = float(1 - ((pred - tgt) ** 2).sum() / sst.clamp_min(1e-12))
-    return res
 
 
 def _probe(model, probe_cache: str, device: torch.device) -> dict:

@@ -20,6 +20,7 @@ from i2p.stage3_eval.features import (
 from i2p.stage3_eval.knn import run_knn
 from i2p.stage3_eval.report import write_result
 from i2p.stage3_eval.svm import run_svm, paper_C_for
+from i2p.stage3_eval.teacher_encoder import is_teacher_ckpt
 
 # The paper's point counts: ModelNet40 1024, ScanObjectNN 2048.
 _DEFAULT_POINTS = {"scanobjectnn": 2048}
@@ -30,7 +31,7 @@ def default_points(spec: str, ckpt: str | None = None) -> int:
     depth images are sums over the points, and a teacher sees the images it saw in stage 1
     (measured on SHREC'16, 5-fold CV on train: 2048 points 76.0%, 1024 points 70.4%)."""
     n = _DEFAULT_POINTS.get(spec.split(":", 1)[0], 1024)
-    return max(n, 2048) if ckpt is not None and str(ckpt).startswith("teacher:") else n
+    return max(n, 2048) if is_teacher_ckpt(ckpt) else n
 
 
 def default_pool(ckpt: str, pool: str | None) -> str:
@@ -38,7 +39,7 @@ def default_pool(ckpt: str, pool: str | None) -> str:
     on train: meanmax 76.0%, max 73.5%, at 2048 points)."""
     if pool:
         return pool
-    return "meanmax" if str(ckpt).startswith("teacher:") else "max"
+    return "meanmax" if is_teacher_ckpt(ckpt) else "max"
 
 
 def open_splits(spec: str, points: int, seed: int, need_test: bool = True) -> dict:
@@ -62,7 +63,7 @@ def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_s
     whole, un-augmented evaluation clouds (measured: features of a short pretrain collapsed to a
     spread of 0.004 in eval mode; re-estimation took its SVM from 54% to 68%). The same
     treatment for both keeps the pretrained-vs-random comparison fair."""
-    from i2p.stage3_eval.teacher_encoder import is_teacher_ckpt, load_teacher_encoder
+    from i2p.stage3_eval.teacher_encoder import load_teacher_encoder
 
     if is_teacher_ckpt(ckpt):  # the 2D ceiling: frozen teacher, nothing to re-estimate
         model, info = load_teacher_encoder(ckpt, resolve_device(device))
@@ -246,7 +247,7 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         raise UserError(f"--select-on must be one of {', '.join(ft.SELECT)} (got {select_on!r})")
     if epochs < 1 or votes < 1:
         raise UserError(f"--epochs and --vote must be >= 1 (got {epochs}, {votes})")
-    if ckpt.startswith("teacher:"):
+    if is_teacher_ckpt(ckpt):
         raise UserError("fine-tuning needs a 3D network: --ckpt teacher:NAME works with svm, fewshot and knn")
     splits = open_splits(data, points, seed)
     dev = resolve_device(device)

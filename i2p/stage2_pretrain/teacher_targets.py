@@ -1,0 +1,102 @@
+"""What stage 2 derives from the cached teacher maps before the network sees them.
+
+* :func:`target_stats`: per-channel statistics of the maps (target standardisation) and of
+  the per-shape global target, from the first samples of each cache;
+* :func:`select_norm`: the part of those statistics a run uses (only what its objective
+  needs, so nothing is computed per step for a term that is off);
+* :func:`apply_norm`: standardised maps and the global target of one batch;
+* :func:`teacher_bank` / :func:`bank_keys`: the global teacher feature of every training
+  shape (the 'nce' global term's candidates) and each batch sample's row in it.
+
+Everything is deterministic (first samples, fixed order), so every rank and every resume
+gets the same numbers.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+
+def global_target(features: torch.Tensor) -> torch.Tensor:
+    """``[B, V, h, w, C]`` teacher maps -> ``[B, V*C]``: each view's mean-pooled feature, views
+    side by side. Chosen by 5-fold CV on SHREC'16 train (linear SVM on the teacher's own
+    pooled features): per-view mean 75%, per-view max 73%, max over everything 57%."""
+    return features.float().mean(dim=(2, 3)).flatten(1)
+
+
+def target_stats(ds, samples: int) -> dict[str, torch.Tensor]:
+    """Per-channel mean and std of the cached teacher features over the first valid samples of
+    each cache of ``ds`` (a ``MultiCacheDataset``; ``samples`` in all, split evenly; all views
+    and pixels), and of the per-sample global target. Back-projection is linear with weights
+    summing to 1, so standardising the maps equals standardising the targets."""
+    total = sq = None
+    pooled = []
+    count = 0
+    for part in ds.parts:
+        root = part._arrays()
+        idx = part.indices[:max(1, samples // len(ds.parts))]
+        for start in range(0, len(idx), 32):
+            block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
+            pooled.append(global_target(block))
+            block = block.reshape(-1, block.shape[-1])
+            total = block.sum(0) if total is None else total + block.sum(0)
+            sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
+            count += block.shape[0]
+    mean = total / count
+    std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+    pooled = torch.cat(pooled)
+    return {"mean": mean.float(), "std": std.float(), "global_mean": pooled.mean(0).float(),
+            "global_std": pooled.std(0, unbiased=False).clamp_min(1e-6).float()}
+
+
+def select_norm(stats: dict[str, torch.Tensor], maps: bool, global_term: bool) -> dict | None:
+    """The statistics a run uses: ``mean``/``std`` when its maps are standardised,
+    ``global_mean``/``global_std`` when it has a global term; None when neither."""
+    keys = (("mean", "std") if maps else ()) + (("global_mean", "global_std") if global_term else ())
+    return {k: stats[k] for k in keys} or None
+
+
+def apply_norm(feats: torch.Tensor, norm: dict | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(maps, global target or None)`` of one batch under :func:`select_norm`'s ``norm``."""
+    if not norm:
+        return feats, None
+    glob = None
+    if "global_mean" in norm:
+        glob = (global_target(feats) - norm["global_mean"]) / norm["global_std"]
+    if "mean" in norm:
+        feats = (feats.float() - norm["mean"]) / norm["std"]
+    return feats, glob
+
+
+def teacher_bank(ds, positions: list[int], norm: dict, device: torch.device) -> dict:
+    """The standardised global teacher feature of every training shape (the negatives and
+    positives of the 'nce' global term): ``{"emb": [M, V*C], "row": {sample index: row}}``.
+    Read once, 32 samples per read."""
+    by_part: dict[int, list[int]] = {}
+    for pos in positions:
+        part_i = bisect.bisect_right(ds.cumulative_sizes, pos)
+        start = ds.cumulative_sizes[part_i - 1] if part_i else 0
+        by_part.setdefault(part_i, []).append(pos - start)
+    embs, row = [], {}
+    for part_i, ks in by_part.items():
+        part = ds.parts[part_i]
+        idx = [int(part.indices[k]) for k in ks]
+        for start in range(0, len(idx), 32):
+            chunk = idx[start:start + 32]
+            block = torch.from_numpy(part._arrays()["features"].get_orthogonal_selection(chunk))
+            embs.append((global_target(block).to(device) - norm["global_mean"]) / norm["global_std"])
+            for i in chunk:
+                row[i + part.index_offset] = len(row)
+    return {"emb": torch.cat(embs), "row": row}
+
+
+def bank_keys(bank: dict, indices: list[int], glob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keys [M', V*C], rows [B])``: the bank, plus the own global target of any batch sample
+    the bank does not hold (a held-out shape), and each sample's row among the keys."""
+    extra = [j for j, i in enumerate(indices) if i not in bank["row"]]
+    keys = torch.cat([bank["emb"], glob[extra]]) if extra else bank["emb"]
+    own = {j: len(bank["emb"]) + n for n, j in enumerate(extra)}
+    rows = [bank["row"][i] if i in bank["row"] else own[j] for j, i in enumerate(indices)]
+    return keys, torch.tensor(rows, device=glob.device)
