@@ -186,3 +186,25 @@ def test_teacher_bank_rows_follow_sample_indices(small_cache):
     item = ds[10]
     expect = (global_target(item["features"][None]) - norm["global_mean"]) / norm["global_std"]
     torch.testing.assert_close(bank["emb"][bank["row"][item["index"]]], expect[0])
+
+
+def test_balance_warmup_ramps_the_ratio_linearly():
+    """``balance_warmup=0.5``: no 2D weight at the first step, half the balanced weight a
+    quarter into the run, the full weight from half-way on (and without ``progress``)."""
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0, balance_warmup=0.5)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+
+    def weight(progress):
+        out = model(pts, feats.float(), sal, proj, generator=torch.Generator().manual_seed(3), progress=progress)
+        return float(out["w_2d"])
+
+    full = weight(None)
+    assert full > 0
+    assert weight(0.0) == 0.0
+    assert weight(0.25) == pytest.approx(0.5 * full, rel=1e-5)
+    assert weight(0.5) == pytest.approx(full, rel=1e-5)
+    assert weight(0.9) == pytest.approx(full, rel=1e-5)
+    with pytest.raises(ValueError, match="balance_warmup"):
+        tiny(balance_warmup=1.0)

@@ -122,7 +122,8 @@ def _teacher_maps(teacher, points: torch.Tensor, projection: str = "sum"):
 
 
 def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
-                  norm: dict | None = None, tag: str = "step", bank: dict | None = None) -> dict:
+                  norm: dict | None = None, tag: str = "step", bank: dict | None = None,
+                  progress: float | None = None) -> dict:
     """One training step's forward, exactly as the loop runs it (the benchmarks call it too):
     one generator per sample seeded by (tag, seed, step, sample) so the draws do not depend on
     how the global batch is split across ranks; cached maps or the online teacher; the maps
@@ -143,7 +144,8 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
         if bank is not None and glob is not None:
             keys, rows = bank_keys(bank, [int(i) for i in batch["index"]], glob)
         return train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
-                           generator=gen, global_target=glob, global_bank=keys, global_rows=rows)
+                           generator=gen, global_target=glob, global_bank=keys, global_rows=rows,
+                           progress=progress)
 
 
 class MetricsLog:
@@ -276,7 +278,8 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
                 model.train()
                 t_prev = time.perf_counter()
                 for batch in _make_loader(ds, cfg, epoch, start, dist_info):
-                    out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm, bank=bank)
+                    out_ = forward_batch(train_model, batch, device, cfg.seed, step, teacher, norm, bank=bank,
+                                         progress=step / total)
                     loss = out_["loss"]
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingError(f"loss became {loss.item()} at step {step} (epoch {epoch}); stopped, "

@@ -49,6 +49,11 @@ class ModelConfig:
     # unitless, so it does not move with the teacher's feature scale or width, nor with the
     # 3D loss's scale (group sizes, point density).
     balance_ratio: float = 0.1
+    # Fraction of the run over which the balance ratio rises linearly from 0 to
+    # ``balance_ratio`` (0 = from the first step). Why: early on the 3D loss and its gradient
+    # are large and fall ~10x within an epoch, so a fixed ratio spends a large 2D weight on the
+    # first steps; a fixed lambda spends little there. Unitless, so still scale-free.
+    balance_warmup: float = 0.0
     # L2-normalise each back-projected target vector (per point, per view) after gathering.
     target_l2: bool = False
     # Global distillation: the max-pooled visible top-level tokens predict the teacher's
@@ -138,6 +143,8 @@ class ModelConfig:
             raise ValueError("lambda_2d must be >= 0 (or null for the automatic balance)")
         if self.balance_ratio <= 0 or self.global_ratio < 0:
             raise ValueError("balance_ratio must be > 0 and global_ratio >= 0")
+        if not 0 <= self.balance_warmup < 1:
+            raise ValueError("balance_warmup must be in [0, 1) (a fraction of the run)")
         if self.global_loss not in ("mse", "nce") or self.global_tau <= 0:
             raise ValueError("global_loss must be 'mse' or 'nce' and global_tau > 0")
         if self.temperature <= 0:

@@ -104,7 +104,8 @@ class I2PMAE(nn.Module):
                 scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                 generator: Rng = None, global_target: torch.Tensor | None = None,
                 global_bank: torch.Tensor | None = None,
-                global_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                global_rows: torch.Tensor | None = None,
+                progress: float | None = None) -> dict[str, torch.Tensor]:
         """One masked-autoencoding pass.
 
         points        [B, N, 3] ORIGINAL (un-augmented) coordinates, as stored in the cache
@@ -117,6 +118,8 @@ class I2PMAE(nn.Module):
         global_target [B, V*C] the teacher's pooled feature (needed when ``global_ratio > 0``)
         global_bank   [M, V*C] teacher features of every training shape ('nce'; None: in-batch)
         global_rows   [B] row of each sample's own feature in ``global_bank``
+        progress      share of the run done (step / total steps), for ``balance_warmup``;
+                      None: the warm-up is over
 
         Returns ``loss`` (to backpropagate), ``loss_3d``, ``loss_2d`` (0 when targets='3d'),
         ``sal_visible`` / ``sal_masked`` (mean saliency of visible / masked coarse tokens, NaN
@@ -161,7 +164,7 @@ class I2PMAE(nn.Module):
             if cfg.lambda_2d is not None:
                 w_2d = torch.tensor(float(cfg.lambda_2d), device=points.device)
             elif auto:
-                w_2d, raw_2d = balance_weight(loss_3d, loss_2d, x, cfg.balance_ratio)
+                w_2d, raw_2d = balance_weight(loss_3d, loss_2d, x, cfg.balance_ratio * self._ramp(progress))
             else:  # no graph to balance with (evaluation of the loss only): report the raw sum
                 w_2d = torch.ones((), device=points.device)
             loss = loss + w_2d * loss_2d
@@ -196,6 +199,13 @@ class I2PMAE(nn.Module):
             out[f"visible_mask_l{i + 1}"] = v
             out[f"num_visible_l{i + 1}"] = v.sum(dim=1).float().mean()
         return out
+
+    def _ramp(self, progress: float | None) -> float:
+        """Share of ``balance_ratio`` in force at ``progress`` (linear warm-up, then 1)."""
+        warm = self.cfg.balance_warmup
+        if progress is None or warm <= 0:
+            return 1.0
+        return min(1.0, max(0.0, progress) / warm)
 
     def _idle_term(self) -> torch.Tensor:
         """Exactly 0, but connected to the encoder LayerNorms of levels finer than the head
