@@ -108,6 +108,7 @@ def to_model_config(section: Mapping[str, Any], source: str) -> ModelConfig:
             mask_mode="saliency" if source == "i2p-mae" else "random",
             targets="3d", lambda_2d=1.0,
             token_merge="official", eval_mode="official",
+            official_local_radius=tuple(float(r) for r in section.get("local_radius") or ()),
             extra={"official": {"source": source, **json.loads(json.dumps(dict(section)))}},
         )
     except (TypeError, ValueError, KeyError) as exc:

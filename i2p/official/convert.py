@@ -42,9 +42,15 @@ class Converted:
 
 
 def _listing(keys: list[str], limit: int = 40) -> str:
-    shown = "\n  ".join(keys[:limit])
-    more = f"\n  ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"\n  {shown}{more}"
+    """One line (the CLI prints a UserError's first line): ``: a, b, c ... and N more``."""
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ": " + ", ".join(keys[:limit]) + more
+
+
+def _official(name: str) -> str:
+    """An i2p encoder name as the official key (what the user's checkpoint calls it)."""
+    rel = ok.i2p_to_official_name(name)
+    return ok.ENCODER_PREFIX + rel if rel else name
 
 
 def load_official_state(src: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -84,22 +90,22 @@ def convert_state(state: Mapping[str, torch.Tensor], source: str,
     cfg = oc.to_model_config(section, source)
     enc_state, decoder, clip, unmapped = ok.split_official(ok.strip_module_prefix(state))
     if unmapped:
-        raise ConversionError(f"{len(unmapped)} checkpoint keys did not map to the i2p encoder:{_listing(unmapped)}")
+        raise ConversionError(f"{len(unmapped)} checkpoint keys did not map to the i2p encoder{_listing(unmapped)}")
     own = HierarchicalEncoder(cfg).state_dict()
     missing = [k for k in own if k not in enc_state]
     extra = [k for k in enc_state if k not in own]
-    shape = [f"{k}: checkpoint {list(enc_state[k].shape)} vs config {list(own[k].shape)}"
+    shape = [f"{_official(k)}: checkpoint {list(enc_state[k].shape)} vs config {list(own[k].shape)}"
              for k in own if k in enc_state and tuple(own[k].shape) != tuple(enc_state[k].shape)]
     if missing or extra or shape:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} encoder tensors missing from the checkpoint:{_listing(missing)}")
+            parts.append(f"{len(missing)} encoder tensors missing from the checkpoint{_listing([_official(k) for k in missing])}")
         if extra:
-            parts.append(f"{len(extra)} checkpoint tensors the config has no place for:{_listing(extra)}")
+            parts.append(f"{len(extra)} checkpoint tensors the config has no place for{_listing([_official(k) for k in extra])}")
         if shape:
-            parts.append(f"{len(shape)} shape mismatches:{_listing(shape)}")
+            parts.append(f"{len(shape)} shape mismatches{_listing(shape)}")
         hint = "" if given else " (the paper config was assumed: pass the run's --model-config)"
-        raise ConversionError("checkpoint does not fit the model config" + hint + ":\n" + "\n".join(parts))
+        raise ConversionError("checkpoint does not fit the model config" + hint + ": " + "; ".join(parts))
     state_out = {k: enc_state[k].to(own[k].dtype) for k in own}  # i2p's order and dtypes
     repo, commit = OFFICIAL_REPOS[source]
     prov = {

@@ -81,12 +81,19 @@ class ModelConfig:
     # and the unmasked pass (features for probes) applies the official eval visibility rule:
     # a finer token is encoded only if the kNN group of some encoded coarser token holds it.
     eval_mode: str = "i2p"
+    # The official config's ``local_radius`` (eval_mode='official' only). In the official
+    # encoder it never restricts attention between real tokens; it only lets the zero padding
+    # rows of a batch (centre (0,0,0)) take part in attention within that radius, so official
+    # features of a batch whose clouds have different visible-token counts depend on the batch.
+    # Kept to reproduce that computation; () or zeros = every cloud as if alone.
+    official_local_radius: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
     def __post_init__(self) -> None:
         for name in ("group_sizes", "num_groups", "enc_dims", "enc_depths", "embed_hidden",
                      "dec_dims", "dec_depths"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.official_local_radius = tuple(float(v) for v in self.official_local_radius)
         self.validate()
 
     # ------------------------------------------------------------------ presets
@@ -153,6 +160,8 @@ class ModelConfig:
             raise ValueError(f"token_merge must be one of {TOKEN_MERGES}, got {self.token_merge!r}")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
+        if self.official_local_radius and len(self.official_local_radius) != n:
+            raise ValueError("official_local_radius needs one entry per level (or none)")
         if self.embed_norm not in ("batch", "layer"):
             raise ValueError(f"embed_norm must be 'batch' or 'layer', got {self.embed_norm!r}")
         if self.targets not in TARGETS:

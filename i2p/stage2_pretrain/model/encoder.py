@@ -135,6 +135,8 @@ class HierarchicalEncoder(nn.Module):
                 emb_all = scatter_full(x, order, valid, g) if trace is not None else None
             ctr = gather(centers, order)
             mask = key_padding_mask(valid)
+            if official:
+                ctr, mask = self._official_padding(ctr, valid, mask, lvl, local_radii)
             if local_radii is not None and local_radii[lvl] > 0:
                 near = (torch.cdist(ctr, ctr) < local_radii[lvl]) & valid[:, None, :]
                 # Every query keeps itself so that no row (padding included) is fully masked.
@@ -149,6 +151,20 @@ class HierarchicalEncoder(nn.Module):
             normed = self.norms[lvl](x)
             outs.append(LevelOutput(normed, valid, order, ctr, scatter_full(normed, order, valid, g), vis))
         return outs
+
+    def _official_padding(self, ctr: torch.Tensor, valid: torch.Tensor, mask, lvl: int,
+                          local_radii) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Padding rows as the official encoder builds them: centre (0,0,0) (and zero tokens).
+        With ``official_local_radius[lvl] > 0`` (and no fine-tuning radii) a pair that involves
+        a padding row is masked only when the two centres are at least the radius apart
+        (official: ``mask_radius * mask_vis``), so padding near the origin is attended to."""
+        ctr = torch.where(valid[..., None], ctr, torch.zeros((), dtype=ctr.dtype, device=ctr.device))
+        radii = self.cfg.official_local_radius
+        if mask is None or local_radii is not None or not radii or radii[lvl] <= 0:
+            return ctr, mask
+        near = torch.cdist(ctr, ctr) < radii[lvl]  # torch's default mode, as the official code
+        both = valid[:, :, None] & valid[:, None, :]
+        return ctr, (both | near)[:, None]
 
     def forward(self, points: torch.Tensor, local_radii: tuple[float, ...] | None = None,
                 generator: Rng = None, finetune: bool = False,
