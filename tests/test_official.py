@@ -142,7 +142,7 @@ def test_cli_convert_and_back(tmp_path, capsys):
     original = _load("state_dict.pt")["base_model"]
     written = torch.load(back, weights_only=True)["base_model"]
     enc_keys = [k for k in original if k.startswith("module.h_encoder.")]
-    assert sorted(written) == sorted(enc_keys)
+    assert list(written) == enc_keys  # the official order too
     for k in enc_keys:
         assert written[k].dtype == original[k].dtype and torch.equal(written[k], original[k]), k
 
@@ -318,6 +318,9 @@ def test_released_layout_converts_and_embeds(tmp_path, source, manifest):
     out = convert_to_dir(ckpt, source, tmp_path / "export")  # no --model-config: the paper config
     encoder, cfg, config = read_export_dir(out)
     assert config["pooling"] == oc.OFFICIAL_POOLING[source]
+    from i2p.stage3_eval.runner import default_pool
+
+    assert default_pool(str(out), None) == config["pooling"]
     assert config["provenance"]["dropped_keys"]["clip_model"] == (302 if source == "i2p-mae" else 0)
     assert config["provenance"]["source_epoch"] == 299
     assert count_parameters(encoder) == m["by_top_module"]["h_encoder"]["parameters"] == 12_654_976

@@ -166,8 +166,14 @@ def write_official_checkpoint(state: Mapping[str, torch.Tensor], model_cfg, out_
     {'acc': 0.0}}``). It holds the encoder only, so the official fine-tuning models
     (``load_model_from_ckpt``, strict=False) load it; the official SVM script loads strictly
     into the whole pre-training model and would also need the decoder and CLIP."""
-    oc.to_official_section(model_cfg, source)  # refuses a non-official architecture
-    payload = {"base_model": official_state_dict(state), "optimizer": None, "epoch": 0,
+    from i2p.official.params import official_encoder_shapes
+
+    section = oc.to_official_section(model_cfg, source)  # refuses a non-official architecture
+    entries = official_state_dict(state)
+    order = ["module." + ok.ENCODER_PREFIX + k for k in official_encoder_shapes(section)]  # official order
+    base = {k: entries[k] for k in order if k in entries}
+    base.update({k: v for k, v in entries.items() if k not in base})
+    payload = {"base_model": base, "optimizer": None, "epoch": 0,
                "metrics": {"acc": 0.0}, "best_metrics": {"acc": 0.0}}
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
