@@ -27,7 +27,7 @@ from i2p.official import config as oc  # noqa: E402
 from i2p.official import keys as ok  # noqa: E402
 from i2p.official.convert import (ConversionError, convert_checkpoint, convert_state, convert_to_dir,  # noqa: E402
                                   official_state_dict, write_official_checkpoint)
-from i2p.official.eval import official_embed, pool_tokens  # noqa: E402
+from i2p.official.eval import official_embed, official_outputs, pool_tokens  # noqa: E402
 from i2p.official.export import read_export_dir, write_export_dir  # noqa: E402
 from i2p.official.params import (PAPER_ENCODER_PARAMETERS, count_parameters, official_encoder_parameters,  # noqa: E402
                                  official_encoder_shapes)
@@ -92,6 +92,13 @@ def test_convert_small_fixture_matches_official_at_every_level(tmp_path):
     _compare_levels(levels, expected)
     # the ordinary feature path (what embed() and stage 3 use) gives the same vector
     assert (encoder(points)[-1].tokens.amax(dim=1) - expected["svm_feature"]).abs().max().item() <= TOL
+    # the flat layout of outputs.pt, with the packed tokens (compared on real rows only)
+    flat = official_outputs(encoder, points)
+    assert set(expected) <= set(flat)
+    for lvl in (1, 2, 3):
+        valid = expected[f"level{lvl}.tokens_raw_valid"]
+        assert torch.equal(flat[f"level{lvl}.tokens_raw_valid"], valid)
+        assert (flat[f"level{lvl}.tokens_raw"] - expected[f"level{lvl}.tokens_raw"])[valid].abs().max() <= TOL
     # each cloud alone gives the same as the batch
     alone = torch.cat([official_embed(encoder, points[i:i + 1])[0] for i in range(points.shape[0])])
     assert (alone - feature).abs().max().item() <= 1e-5

@@ -12,8 +12,8 @@ docs/FIDELITY.md lists every difference between i2p and the official code.
 """
 
 from i2p.official.convert import Converted, ConversionError, convert_checkpoint, convert_state, convert_to_dir
-from i2p.official.eval import official_embed, pool_tokens
+from i2p.official.eval import official_embed, official_outputs, pool_tokens
 from i2p.official.export import read_export_dir, write_export_dir
 
 __all__ = ["Converted", "ConversionError", "convert_checkpoint", "convert_state", "convert_to_dir",
-           "official_embed", "pool_tokens", "read_export_dir", "write_export_dir"]
+           "official_embed", "official_outputs", "pool_tokens", "read_export_dir", "write_export_dir"]

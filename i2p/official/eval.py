@@ -43,7 +43,9 @@ def official_embed(model, points: torch.Tensor, pooling: str = "max") -> tuple[t
     first), ``masked`` [B, G] (True = not encoded), ``token_embed`` [B, G, D] (the level's
     token embedding; zeros where not computed, which only happens with ``eval_mode='i2p'``),
     ``block_out`` [B, G, D] (transformer output before the LayerNorm, zeros where masked) and
-    ``tokens`` [B, G, D] (after the LayerNorm, zeros where masked)."""
+    ``tokens`` [B, G, D] (after the LayerNorm, zeros where masked); ``tokens_raw`` [B, L, D] and
+    ``tokens_raw_valid`` [B, L]: the encoded tokens of each cloud packed in ascending token
+    order, padded to the longest (the official ``x_vis_list`` / ``mask_vis_list`` entries)."""
     enc = _encoder(model)
     was_training = enc.training
     enc.eval()
@@ -58,6 +60,17 @@ def official_embed(model, points: torch.Tensor, pooling: str = "max") -> tuple[t
         levels.append({
             "fps_idx": h.fps[lvl], "centers": h.centers[lvl], "knn_idx": h.groups[lvl],
             "masked": ~out.visible, "token_embed": tr["token_embed"], "block_out": tr["block_out"],
-            "tokens": out.full,
+            "tokens": out.full, "tokens_raw": out.tokens, "tokens_raw_valid": out.valid,
         })
     return pool_tokens(outs[-1].tokens, pooling), levels
+
+
+def official_outputs(model, points: torch.Tensor, pooling: str = "max") -> dict[str, torch.Tensor]:
+    """:func:`official_embed` as one flat dict in the layout of the official fixtures'
+    ``outputs.pt``: ``svm_feature`` and ``level{l}.{fps_idx,centers,knn_idx,masked,token_embed,
+    block_out,tokens,tokens_raw,tokens_raw_valid}`` (levels numbered from 1, finest first)."""
+    feature, levels = official_embed(model, points, pooling)
+    out = {"svm_feature": feature}
+    for lvl, entries in enumerate(levels, start=1):
+        out.update({f"level{lvl}.{k}": v for k, v in entries.items()})
+    return out
