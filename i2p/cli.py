@@ -40,6 +40,7 @@ def _mount() -> None:
     from i2p.viz.cli import app as viz_app; app.add_typer(viz_app, name="viz")  # noqa: E702
     from i2p.report.cli import report; app.command("report")(report)  # noqa: E702
     from i2p.demo import demo; app.command("demo")(demo)  # noqa: E702
+    from i2p.official.cli import convert; app.command("convert")(convert)  # noqa: E702
 
 
 @app.command()

@@ -18,13 +18,18 @@ __all__ = ["farthest_point_sample", "knn", "gather", "square_distance", "chamfer
 
 
 def farthest_point_sample(xyz: torch.Tensor, k: int,
-                          start: int | torch.Generator | Sequence[torch.Generator] | None = 0) -> torch.Tensor:
+                          start: int | torch.Generator | Sequence[torch.Generator] | None = 0,
+                          skip_near_origin: float = 0.0) -> torch.Tensor:
     """Greedy farthest point sampling: indices ``[B, k]`` (int64) into ``xyz [B, N, 3]``.
 
     ``start`` picks the first index: an int (the same for every sample; 0 matches the
     pointnet2 kernel that Point-M2AE uses), a ``torch.Generator`` for a random, reproducible
     start per sample, or one generator per sample (each draws its own sample's start). Each next pick maximises the squared distance to the picks so far; ties
     go to the lowest index (``argmax`` returns the first maximum), so results are reproducible.
+
+    ``skip_near_origin > 0`` reproduces the pointnet2 CUDA kernel of the official code: points
+    whose squared norm ``x*x + y*y + z*z`` (float32) is ``<= skip_near_origin`` (the kernel's
+    1e-3) are never picked, except as the start; if nothing else is left, index 0 is repeated.
     """
     bsz, n, _ = xyz.shape
     if not 0 < k <= n:
@@ -50,6 +55,11 @@ def farthest_point_sample(xyz: torch.Tensor, k: int,
     out = torch.empty(k, bsz, dtype=torch.long, device=xyz.device)
     out[0] = cur
     best = torch.full((bsz, n), float("inf"), device=xyz.device)
+    if skip_near_origin > 0:
+        # -inf stays -inf under the running minimum, so skipped points never win the argmax
+        # (and when every remaining point is skipped, argmax returns index 0, as the kernel).
+        sq = (pts[:, 0] * pts[:, 0] + pts[:, 1] * pts[:, 1]) + pts[:, 2] * pts[:, 2]
+        best.masked_fill_(sq <= skip_near_origin, float("-inf"))
     diff = torch.empty_like(pts)
     d = torch.empty(bsz, n, device=xyz.device)
     ctr = torch.empty(bsz, 3, 1, device=xyz.device)

@@ -19,7 +19,7 @@ import torch
 from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_state
 from i2p.common.errors import SampleError, UserError
 
-POOLS = ("max", "meanmax")
+POOLS = ("max", "meanmax", "mean_plus_max")
 RANDOM = "random"
 
 
@@ -83,6 +83,12 @@ def load_encoder(ckpt: str, device: str | torch.device = "cpu", preset: str = "t
             torch.manual_seed(seed)
             model = m.build_model(cfg)
         info = {"checkpoint": RANDOM, "sha256": None, "preset": preset, "init_seed": seed}
+    elif Path(ckpt).is_dir():  # an encoder export directory (i2p export / i2p convert)
+        from i2p.official.export import load_export_model
+
+        model, cfg, export = load_export_model(ckpt)
+        info = {"checkpoint": str(ckpt), "sha256": file_sha256(Path(ckpt) / "model.safetensors"),
+                "preset": None, "export_pooling": export.get("pooling"), "provenance": export.get("provenance")}
     else:
         path = Path(ckpt)
         state = load_checkpoint(path)
@@ -106,9 +112,12 @@ def load_encoder(ckpt: str, device: str | torch.device = "cpu", preset: str = "t
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str = "max") -> torch.Tensor:
-    """``[B, T, D]`` tokens -> ``[B, D]`` (max) or ``[B, 2D]`` (mean and max concatenated)."""
+    """``[B, T, D]`` tokens -> ``[B, D]`` (max; mean_plus_max: their sum, the official Point-M2AE
+    SVM feature) or ``[B, 2D]`` (meanmax: mean and max concatenated)."""
     if pool == "max":
         return tokens.max(dim=1).values
+    if pool == "mean_plus_max":
+        return tokens.mean(dim=1) + tokens.max(dim=1).values
     if pool == "meanmax":
         return torch.cat([tokens.mean(dim=1), tokens.max(dim=1).values], dim=-1)
     raise UserError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLS)}")

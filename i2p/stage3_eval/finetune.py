@@ -49,7 +49,7 @@ class Classifier(nn.Module):
             nn.Linear(hidden, num_classes))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(points, local_radii=self.local_radii)[-1].tokens
+        tokens = self.encoder(points, local_radii=self.local_radii, finetune=True)[-1].tokens
         return self.head(torch.cat([tokens.mean(dim=1), tokens.max(dim=1).values], dim=-1))
 
 

@@ -7,6 +7,8 @@ random-init baseline, the CV folds, few-shot episodes) and is written in the res
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,11 @@ def default_pool(ckpt: str, pool: str | None) -> str:
     on train: meanmax 76.0%, max 73.5%, at 2048 points)."""
     if pool:
         return pool
+    if Path(ckpt).is_dir() and (Path(ckpt) / "config.json").is_file():  # an encoder export: its pooling
+        try:
+            return str(json.loads((Path(ckpt) / "config.json").read_text()).get("pooling") or "max")
+        except ValueError:
+            return "max"
     return "meanmax" if is_teacher_ckpt(ckpt) else "max"
 
 
@@ -70,6 +77,9 @@ def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_s
         info["bn_calibration_shapes"] = 0
         return model, info
     model, info = load_encoder(ckpt, device, preset=preset, seed=seed)
+    if info["model_config"].get("eval_mode") == "official":  # the official computation: stored statistics
+        info["bn_calibration_shapes"] = 0
+        return model, info
     info["bn_calibration_shapes"] = calibrate_batchnorm(model, calib_clouds(), batch_size, device)
     return model, info
 

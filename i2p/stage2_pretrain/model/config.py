@@ -14,6 +14,8 @@ from typing import Any
 
 MASK_MODES = ("saliency", "random")
 TARGETS = ("2d3d", "3d")
+TOKEN_MERGES = ("i2p", "official")
+EVAL_MODES = ("i2p", "official")
 
 
 @dataclass
@@ -68,12 +70,30 @@ class ModelConfig:
     global_loss: str = "mse"
     global_tau: float = 0.1
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
+    # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
+    # to the centre, through a mini-PointNet of width C_prev + 3 (12,668,968 encoder parameters
+    # at the paper sizes). 'official': the official Token_Embed (models/modules.py): member
+    # features only, first MLP C_prev -> C_prev, second 2*C_prev -> C_l -> C_l (12,654,976).
+    token_merge: str = "i2p"
+    # The encoder computation. 'i2p': our own. 'official': the official code's, exactly
+    # (see docs/FIDELITY.md): FPS skips points with squared norm <= 1e-3 (the pointnet2 kernel),
+    # every token is embedded and masked members feed their own embedding to the next level,
+    # and the unmasked pass (features for probes) applies the official eval visibility rule:
+    # a finer token is encoded only if the kNN group of some encoded coarser token holds it.
+    eval_mode: str = "i2p"
+    # The official config's ``local_radius`` (eval_mode='official' only). In the official
+    # encoder it never restricts attention between real tokens; it only lets the zero padding
+    # rows of a batch (centre (0,0,0)) take part in attention within that radius, so official
+    # features of a batch whose clouds have different visible-token counts depend on the batch.
+    # Kept to reproduce that computation; () or zeros = every cloud as if alone.
+    official_local_radius: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
     def __post_init__(self) -> None:
         for name in ("group_sizes", "num_groups", "enc_dims", "enc_depths", "embed_hidden",
                      "dec_dims", "dec_depths"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.official_local_radius = tuple(float(v) for v in self.official_local_radius)
         self.validate()
 
     # ------------------------------------------------------------------ presets
@@ -84,8 +104,9 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "ModelConfig":
-        """The published pre-training recipe exactly: the architecture (about 12.7M encoder
-        parameters) and the objective L3d + 1.0 * L2d, nothing added."""
+        """The published pre-training recipe: the published sizes and the objective
+        L3d + 1.0 * L2d, nothing added. The encoder has 12,668,968 parameters with i2p's token
+        merging (``token_merge='i2p'``, the default) and 12,654,976 with the official one."""
         base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False)
         base.update(overrides)
         return cls(**base)
@@ -135,6 +156,12 @@ class ModelConfig:
             raise ValueError("mask_ratio must lie in [0, 1)")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.token_merge not in TOKEN_MERGES:
+            raise ValueError(f"token_merge must be one of {TOKEN_MERGES}, got {self.token_merge!r}")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
+        if self.official_local_radius and len(self.official_local_radius) != n:
+            raise ValueError("official_local_radius needs one entry per level (or none)")
         if self.embed_norm not in ("batch", "layer"):
             raise ValueError(f"embed_norm must be 'batch' or 'layer', got {self.embed_norm!r}")
         if self.targets not in TARGETS:

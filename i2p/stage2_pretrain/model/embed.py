@@ -4,7 +4,9 @@ Level 1 embeds the 16 member points' coordinates relative to the centre (Point-M
 two-stage PointNet: shared MLP, max-pool, concat the pooled feature back to every member,
 shared MLP, max-pool). Higher levels merge the encoded features of their member tokens (the
 "token merging" of Point-M2AE); we also concatenate each member's position relative to the
-centre, which gives the merge the local geometry explicitly at negligible cost.
+centre, which gives the merge the local geometry explicitly at negligible cost
+(``token_merge='i2p'``). ``token_merge='official'`` is the official Token_Embed instead: member
+features only, first MLP C -> C -> C, second 2C -> C_out -> C_out (what official checkpoints hold).
 
 Embeddings are computed on a FLAT list of visible groups ``[n, K, C_in]`` (never on padding),
 so BatchNorm statistics only see real tokens and masked tokens cost nothing. The norm is
@@ -42,14 +44,19 @@ def _rows(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 class MiniPointNet(nn.Module):
-    """``[n, K, C_in] -> [n, C_out]``: f = MLP1(x); g = max_K f; y = MLP2([g, f]); max_K y."""
+    """``[n, K, C_in] -> [n, C_out]``: f = MLP1(x); g = max_K f; y = MLP2([g, f]); max_K y.
 
-    def __init__(self, c_in: int, hidden: int, mid: int, c_out: int, norm: str = "batch"):
+    MLP1 is C_in -> hidden -> mid, MLP2 is 2*mid -> second_hidden -> C_out (second_hidden
+    defaults to 2*mid)."""
+
+    def __init__(self, c_in: int, hidden: int, mid: int, c_out: int, norm: str = "batch",
+                 second_hidden: int | None = None):
         super().__init__()
+        h2 = 2 * mid if second_hidden is None else second_hidden
         self.first = nn.Sequential(nn.Linear(c_in, hidden), _norm(hidden, norm), nn.ReLU(inplace=True),
                                    nn.Linear(hidden, mid))
-        self.second = nn.Sequential(nn.Linear(2 * mid, 2 * mid), _norm(2 * mid, norm), nn.ReLU(inplace=True),
-                                    nn.Linear(2 * mid, c_out))
+        self.second = nn.Sequential(nn.Linear(2 * mid, h2), _norm(h2, norm), nn.ReLU(inplace=True),
+                                    nn.Linear(h2, c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k, _ = x.shape
@@ -73,14 +80,19 @@ class TokenEmbed(nn.Module):
     """Level-specific token embedding.
 
     ``level == 0``: input is relative xyz ``[n, K, 3]``.
-    ``level > 0``: input is member features ``[n, K, C_prev]`` plus relative xyz ``[n, K, 3]``.
+    ``level > 0``: input is member features ``[n, K, C_prev]`` plus relative xyz ``[n, K, 3]``
+    (``merge='official'``: the member features only, the xyz is ignored).
     """
 
-    def __init__(self, level: int, c_prev: int, c_out: int, hidden: tuple[int, int], norm: str = "batch"):
+    def __init__(self, level: int, c_prev: int, c_out: int, hidden: tuple[int, int], norm: str = "batch",
+                 merge: str = "i2p"):
         super().__init__()
         self.level = level
+        self.use_xyz = level > 0 and merge != "official"
         if level == 0:
             self.net = MiniPointNet(3, hidden[0], hidden[1], c_out, norm)
+        elif merge == "official":
+            self.net = MiniPointNet(c_prev, c_prev, c_prev, c_out, norm, second_hidden=c_out)
         else:
             c_in = c_prev + 3
             self.net = MiniPointNet(c_in, c_in, c_in, c_out, norm)
@@ -90,4 +102,6 @@ class TokenEmbed(nn.Module):
             return rel_xyz.new_zeros(0, self.net.second[-1].out_features)
         if self.level == 0:
             return self.net(rel_xyz)
+        if not self.use_xyz:
+            return self.net(member_feats)
         return self.net(torch.cat([member_feats, rel_xyz.to(member_feats.dtype)], dim=-1))

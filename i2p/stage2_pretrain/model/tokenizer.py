@@ -28,12 +28,15 @@ class Hierarchy:
     groups[l]      [B, G_l, K_l] member indices into the level below (raw points for l = 0)
     neighbors[l]   [B, G_l, K_l, 3] member coordinates relative to their centre
     point_index[l] [B, G_l]      index of each centre in the input cloud
+    fps[l]         [B, G_l]      FPS index of each centre into the level's candidates (the
+                                 points for l = 0, the level l-1 centres otherwise)
     """
 
     centers: list[torch.Tensor]
     groups: list[torch.Tensor]
     neighbors: list[torch.Tensor]
     point_index: list[torch.Tensor]
+    fps: list[torch.Tensor] | None = None
 
     @property
     def num_levels(self) -> int:
@@ -49,22 +52,24 @@ class Hierarchy:
         """The hierarchy of a subset of the batch (used to check batch independence)."""
         pick = lambda xs: [x[rows] for x in xs]  # noqa: E731
         return Hierarchy(pick(self.centers), pick(self.groups), pick(self.neighbors),
-                         pick(self.point_index))
+                         pick(self.point_index), pick(self.fps) if self.fps is not None else None)
 
 
 def build_hierarchy(points: torch.Tensor, num_groups: tuple[int, ...], group_sizes: tuple[int, ...],
-                    generator: Rng = None) -> Hierarchy:
+                    generator: Rng = None, skip_near_origin: float = 0.0) -> Hierarchy:
     """Group ``points [B, N, 3]`` level by level.
 
     FPS starts at index 0 of each level's candidates unless ``generator`` is given, in which
     case the start is drawn from it (reproducibly). kNN groups include their own centre.
+    ``skip_near_origin`` (official tokenizer: 1e-3) is passed to every level's FPS.
     """
-    centers, groups, neighbors, point_index = [], [], [], []
+    centers, groups, neighbors, point_index, fps_index = [], [], [], [], []
     cand = points
     cand_index = None  # input-cloud index of each candidate (None = identity at level 0)
     for g, k in zip(num_groups, group_sizes):
         start = generator if generator is not None else 0
-        fps = farthest_point_sample(cand, g, start=start)  # [B, g]
+        fps = farthest_point_sample(cand, g, start=start, skip_near_origin=skip_near_origin)  # [B, g]
+        fps_index.append(fps)
         ctr = gather(cand, fps)  # [B, g, 3]
         members = knn(ctr, cand, k)  # [B, g, k]
         centers.append(ctr)
@@ -73,4 +78,4 @@ def build_hierarchy(points: torch.Tensor, num_groups: tuple[int, ...], group_siz
         pidx = fps if cand_index is None else gather(cand_index, fps)
         point_index.append(pidx)
         cand, cand_index = ctr, pidx
-    return Hierarchy(centers, groups, neighbors, point_index)
+    return Hierarchy(centers, groups, neighbors, point_index, fps_index)

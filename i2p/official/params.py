@@ -1,0 +1,91 @@
+"""Parameter counts: i2p's encoder and the official ``H_Encoder``, from the architecture.
+
+At the paper sizes (dims 96/192/384, depths 5/5/5, 6 heads, groups 512/256/64 x 16/8/8):
+
+===============================================  ==========
+encoder                                          parameters
+===============================================  ==========
+official ``H_Encoder`` (``token_merge='official'``)  12,654,976
+i2p (``token_merge='i2p'``, member xyz merged)      12,668,968  (+13,992, +0.11%)
+===============================================  ==========
+
+The i2p merge feeds each member's xyz relative to the centre (3 more channels) into the level
+2 and 3 token embeddings, whose MLPs are also a little wider (``2*(C+3)`` instead of ``C_l``
+in the second MLP). The whole official I2P-MAE pre-training model has 17,622,808 parameters
+without CLIP (Point-M2AE 15,255,856).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+PAPER_ENCODER_PARAMETERS = {"official": 12_654_976, "i2p": 12_668_968}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Trainable parameters (not buffers) of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def official_encoder_shapes(section: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the official ``H_Encoder`` state dict (``h_encoder.``-relative, official
+    names, in state_dict order) for an official ``model:`` section. Written from the official
+    architecture (models/modules.py Token_Embed, Encoder_Block; models/I2P_MAE.py H_Encoder),
+    independently of i2p's modules, so it can check them."""
+    dims = [int(d) for d in section["encoder_dims"]]
+    depths = [int(d) for d in section["encoder_depths"]]
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        for f in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{f}"] = (c,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    def conv(prefix: str, c_out: int, c_in: int) -> None:
+        shapes[f"{prefix}.weight"] = (c_out, c_in, 1)
+        shapes[f"{prefix}.bias"] = (c_out,)
+
+    for lvl, d in enumerate(dims):
+        p = f"token_embed.{lvl}"
+        if lvl == 0:
+            conv(f"{p}.first_conv.0", 128, 3); bn(f"{p}.first_conv.1", 128); conv(f"{p}.first_conv.3", 256, 128)  # noqa: E702
+            conv(f"{p}.second_conv.0", 512, 512); bn(f"{p}.second_conv.1", 512); conv(f"{p}.second_conv.3", d, 512)  # noqa: E702
+        else:
+            c = dims[lvl - 1]
+            conv(f"{p}.first_conv.0", c, c); bn(f"{p}.first_conv.1", c); conv(f"{p}.first_conv.3", c, c)  # noqa: E702
+            conv(f"{p}.second_conv.0", d, 2 * c); bn(f"{p}.second_conv.1", d); conv(f"{p}.second_conv.3", d, d)  # noqa: E702
+    for lvl, d in enumerate(dims):
+        shapes[f"encoder_pos_embeds.{lvl}.0.weight"] = (d, 3)
+        shapes[f"encoder_pos_embeds.{lvl}.0.bias"] = (d,)
+        shapes[f"encoder_pos_embeds.{lvl}.2.weight"] = (d, d)
+        shapes[f"encoder_pos_embeds.{lvl}.2.bias"] = (d,)
+    for lvl, (d, n) in enumerate(zip(dims, depths)):
+        for j in range(n):
+            p = f"encoder_blocks.{lvl}.blocks.{j}"
+            shapes[f"{p}.norm1.weight"] = shapes[f"{p}.norm1.bias"] = (d,)
+            shapes[f"{p}.norm2.weight"] = shapes[f"{p}.norm2.bias"] = (d,)
+            shapes[f"{p}.mlp.fc1.weight"] = (4 * d, d)
+            shapes[f"{p}.mlp.fc1.bias"] = (4 * d,)
+            shapes[f"{p}.mlp.fc2.weight"] = (d, 4 * d)
+            shapes[f"{p}.mlp.fc2.bias"] = (d,)
+            shapes[f"{p}.attn.qkv.weight"] = (3 * d, d)
+            shapes[f"{p}.attn.proj.weight"] = (d, d)
+            shapes[f"{p}.attn.proj.bias"] = (d,)
+    for lvl, d in enumerate(dims):
+        shapes[f"encoder_norms.{lvl}.weight"] = shapes[f"encoder_norms.{lvl}.bias"] = (d,)
+    return shapes
+
+
+def official_encoder_parameters(section: Mapping[str, Any]) -> int:
+    """Parameters of the official ``H_Encoder`` (BatchNorm running statistics excluded)."""
+    total = 0
+    for key, shape in official_encoder_shapes(section).items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
