@@ -1,7 +1,9 @@
 """The ``i2p`` command: one typer app with a sub-app per stage.
 
-Bad input (:class:`~i2p.common.errors.UserError`) is printed as one line and exits with code 2,
-never a traceback; everything else is a bug and keeps its traceback.
+Bad input is printed as one ``i2p: error: ...`` line and exits with code 2, never a traceback:
+both a mistake in typing the command (missing or unknown option, bad value or choice, missing
+file: typer's usage errors) and bad input found by a command
+(:class:`~i2p.common.errors.UserError`). Everything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
