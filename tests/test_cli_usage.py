@@ -38,6 +38,9 @@ MISTAKES = [
     (["eval", "finetune", "--ckpt", "random", "--data", "builtin:primitives", "--vote", "x"], ["--vote"]),
     (["pretrain", "--cache", ".", "--out", "o", "--bogus"], ["--bogus"]),
     (["eval", "compare", "/no/result.json"], ["/no/result.json"]),
+    (["cache", "build", "--data", "builtin:primitives", "--out", "{tmp}/c", "--teacher-weights", "/no/w.pt"],
+     ["--teacher-weights", "/no/w.pt", "does not exist"]),
+    (["pretrain", "--cache", ".", "--out", "{tmp}/run", "--config", "nope"], ["nope", "base", "tiny", "paper"]),
     (["submit", "pipeline", "--data", "d", "--teacher", "t", "--workdir", "w", "--eval-protocol", "lin"],
      ["--eval-protocol", "svm", "knn"]),
 ]

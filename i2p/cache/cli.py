@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from i2p.common.cli_options import Projection, Split, existing_path, value
+from i2p.common.cli_options import Projection, Split, existing_path, existing_weights, value
 
 app = typer.Typer(help="Stage 1: render views, run the frozen 2D teacher, store a Zarr cache.",
                   no_args_is_help=True)
@@ -19,7 +19,8 @@ def build(
                              "modelnet40:DIR, modelnet40-h5:DIR, scanobjectnn:DIR, npz:FILE"),
     out: str = typer.Option(..., help="Cache directory or fsspec URL"),
     teacher: str = typer.Option("effnet-lite2", help="clip-vitb16, effnet-lite2, timm:NAME, open_clip:ARCH:TAG"),
-    teacher_weights: Optional[str] = typer.Option(None, help="FILE, or 'random' (recorded, warned)"),
+    teacher_weights: Optional[str] = typer.Option(None, callback=existing_weights,
+                                                  help="FILE, or 'random' (recorded, warned)"),
     split: Split = typer.Option(Split.train, help="Split to read"),
     points: int = typer.Option(2048, min=16, help="Points per cloud"),
     batch_size: int = typer.Option(16, min=1, help="Shapes per teacher batch"),

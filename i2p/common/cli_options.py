@@ -140,3 +140,10 @@ def existing_checkpoint(raw: Any) -> Any:
         return raw
     _check_exists(text, "checkpoint")
     return raw
+
+
+def existing_weights(raw: Any) -> Any:
+    """Option callback for ``--teacher-weights``: ``random`` or a FILE that exists."""
+    if raw is not None and str(raw) != "random":
+        _check_exists(str(raw), "weights file")
+    return raw

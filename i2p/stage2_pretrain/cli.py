@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from i2p.common.cli_options import Mask, Targets, existing_path, value
+from i2p.common.cli_options import Mask, Targets, existing_path, existing_weights, value
 
 
 def pretrain(
@@ -24,7 +24,8 @@ def pretrain(
     temperature: Optional[float] = typer.Option(None, help="Saliency softmax temperature T (paper: 1)"),
     online_teacher: Optional[bool] = typer.Option(None, "--online-teacher/--cached-targets",
                                                   help="Run projection + teacher inside each step (the paper's way)"),
-    teacher_weights: Optional[str] = typer.Option(None, help="Online teacher weights FILE or 'random'"),
+    teacher_weights: Optional[str] = typer.Option(None, callback=existing_weights,
+                                                  help="Online teacher weights FILE or 'random'"),
     seed: Optional[int] = typer.Option(None, help="Seed"),
     workers: Optional[int] = typer.Option(None, help="Data-loading worker processes"),
     probe_cache: Optional[str] = typer.Option(None, callback=existing_path, help="Labelled cache for a periodic linear-SVM probe"),
