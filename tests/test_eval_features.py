@@ -93,6 +93,14 @@ def test_cli_svm_knn_fewshot_compare(tmp_path):
     assert r.exit_code == 0, r.output
     fsr = json.loads((tmp_path / "fs" / "result.json").read_text())
     assert len(fsr["fold_accuracy"]) == 2 and fsr["accuracy_std"] is not None
+    for name in ("svm", "knn", "fs"):  # every classification protocol: OA, mAcc, per class, confusion
+        res = json.loads((tmp_path / name / "result.json").read_text())
+        assert res["schema"] == "i2p.eval.result/1" and res["command"]
+        assert {"accuracy", "mean_class_accuracy"} <= set(res["metrics"])
+        assert 0 <= res["mean_class_accuracy"] <= 1 and res["per_class_accuracy"]
+        cm = np.asarray(res["confusion_matrix"])
+        assert cm.shape == (len(res["classes"]),) * 2 and cm.sum() > 0
+        assert (tmp_path / name / "confusion.png").stat().st_size > 0
     r = runner.invoke(app, ["fewshot", *common, "--way", "3", "--shot", "2", "--query", "2"])
     assert r.exit_code != 0 and "only 0 classes" in str(r.exception)
     r = runner.invoke(app, ["compare", "--markdown", str(tmp_path / "svm"), str(tmp_path / "knn"),
@@ -122,6 +130,8 @@ def test_finetune_select_on_test_is_flagged_and_resume_is_exact(tmp_path, monkey
     md = (tmp_path / "a" / "result.md").read_text()
     assert md.splitlines()[0].startswith("**WARNING: model selected on the TEST split")
     assert len(a["history"]) == 2 and "test_accuracy" in a["history"][0] and 0 <= a["accuracy"] <= 1
+    assert a["metrics"][:2] == ["accuracy", "mean_class_accuracy"] and "accuracy_no_vote" in a["metrics"]
+    assert np.asarray(a["confusion_matrix"]).sum() == a["n_test"] and (tmp_path / "a" / "confusion.png").is_file()
 
     # interrupt run b after its first epoch's last.ckpt, then resume: same history as run a
     real_save, calls = ft.save_checkpoint, []
@@ -163,3 +173,4 @@ def test_fewshot_fold_dir_end_to_end(tmp_path):
                          fold_dir=str(tmp_path / "folds"), points=POINTS, device="cpu", progress=False)
     assert len(res["fold_accuracy"]) == 2 and set(res["fingerprints"]) == {"fold 0", "fold 1"}
     assert res["checkpoint"]["bn_calibration_shapes"] == 6
+    assert len(res["fold_mean_class_accuracy"]) == 2 and "per_class_note" in res

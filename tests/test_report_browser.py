@@ -85,8 +85,9 @@ def test_report_is_one_self_contained_file(demo_dir):
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing but data URIs and anchors
     assert not re.search(r"url\(|@import|<link|<iframe", html)
     pngs = _images(html)
-    # loss curves, 2D/3D balance, probe, throughput, sample + recon figures, two confusion matrices
-    assert len(pngs) == 8
+    # loss curves, 2D/3D balance, probe, throughput, sample + recon figures, a confusion matrix per
+    # evaluation (SVM and few-shot, pretrained and random)
+    assert len(pngs) == 10
     for data in pngs:
         im = Image.open(io.BytesIO(data))
         im.load()
@@ -102,7 +103,7 @@ def test_report_command(demo_dir, tmp_path, capsys):
     assert main(["report", str(demo_dir / "run"), "--eval", evals[0], "--eval", evals[1], "--out", str(out),
                  "--no-figures"]) == 0
     html = out.read_text()
-    assert len(_images(html)) == 4 + 1  # curves, balance, probe, rate + the SVM confusion matrix
+    assert len(_images(html)) == 4 + 2  # curves, balance, probe, rate + the SVM and few-shot confusion matrices
     capsys.readouterr()
     assert main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err

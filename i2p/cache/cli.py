@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from i2p.common.cli_options import Projection, Split, existing_path, existing_weights, value
+
 app = typer.Typer(help="Stage 1: render views, run the frozen 2D teacher, store a Zarr cache.",
                   no_args_is_help=True)
 
@@ -17,8 +19,9 @@ def build(
                              "modelnet40:DIR, modelnet40-h5:DIR, scanobjectnn:DIR, npz:FILE"),
     out: str = typer.Option(..., help="Cache directory or fsspec URL"),
     teacher: str = typer.Option("effnet-lite2", help="clip-vitb16, effnet-lite2, timm:NAME, open_clip:ARCH:TAG"),
-    teacher_weights: Optional[str] = typer.Option(None, help="FILE, or 'random' (recorded, warned)"),
-    split: str = typer.Option("train", help="train, test or all"),
+    teacher_weights: Optional[str] = typer.Option(None, callback=existing_weights,
+                                                  help="FILE, or 'random' (recorded, warned)"),
+    split: Split = typer.Option(Split.train, help="Split to read"),
     points: int = typer.Option(2048, min=16, help="Points per cloud"),
     batch_size: int = typer.Option(16, min=1, help="Shapes per teacher batch"),
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
@@ -28,7 +31,8 @@ def build(
     seed: int = typer.Option(0, help="Seed of point sampling"),
     read_workers: int = typer.Option(4, min=1, help="Threads reading shapes"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
-    projection: str = typer.Option("sum", help="Depth raster: sum (the paper's signed sum) or zbuffer (nearest depth)"),
+    projection: Projection = typer.Option(Projection.sum, help="Depth raster: sum (the paper's signed sum) or "
+                                          "zbuffer (nearest depth)"),
     denoise: int = typer.Option(0, min=0, help="Average the teacher over the clean render and K jittered renders"),
     denoise_sigma: float = typer.Option(0.01, min=0.0, help="Std of the jitter of --denoise renders"),
     dask: Optional[str] = typer.Option(None, help="Spread shards over dask workers: local:K (K worker "
@@ -42,10 +46,10 @@ def build(
     from i2p.common.errors import UserError
     from i2p.stage1_project.build import BuildConfig, build_cache, parse_shard, summary_line
 
-    cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=split,
+    cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=value(split),
                       points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
                       limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress,
-                      projection=projection, denoise=denoise, denoise_sigma=denoise_sigma)
+                      projection=value(projection), denoise=denoise, denoise_sigma=denoise_sigma)
     if projection not in ("sum", "zbuffer"):
         raise UserError(f"--projection must be sum or zbuffer (got {projection!r})")
     if dask:
@@ -68,7 +72,7 @@ def build(
 
 
 @app.command()
-def info(path: str = typer.Argument(..., help="Cache directory or URL"),
+def info(path: str = typer.Argument(..., callback=existing_path, help="Cache directory or URL"),
          as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """Counts, classes, teacher and weights sha256, settings, skips, build throughput."""
     from rich.console import Console
@@ -91,7 +95,7 @@ def info(path: str = typer.Argument(..., help="Cache directory or URL"),
 
 
 @app.command()
-def verify(path: str = typer.Argument(..., help="Cache directory or URL"),
+def verify(path: str = typer.Argument(..., callback=existing_path, help="Cache directory or URL"),
            progress: bool = typer.Option(True, help="Show a progress bar")) -> None:
     """Check every shard: built, readable, no unwritten sample, finite values (exit 1 if not)."""
     from i2p.cache.inspect import verify_cache

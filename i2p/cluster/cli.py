@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import typer
 
+from i2p.common.cli_options import OnSignal, Protocol, Scheduler
 from i2p.common.errors import UserError
 
 app = typer.Typer(help="Submit stages as batch jobs (Slurm): resumable, requeue-safe, with dependencies.",
@@ -45,7 +46,7 @@ def _submit_argv() -> list[str]:
 def _stage_command(stage: str):
     def command(
         ctx: typer.Context,
-        scheduler: str = typer.Option("slurm", help="Batch system (slurm)"),
+        scheduler: Scheduler = typer.Option(Scheduler.slurm, help="Batch system"),
         partition: Optional[str] = typer.Option(None, help="Slurm partition"),
         time: Optional[str] = typer.Option(None, help="Time limit, e.g. 04:00:00 or 2-00:00:00"),
         cpus: Optional[int] = typer.Option(None, min=1, help="CPUs per task (--cpus-per-task)"),
@@ -63,7 +64,7 @@ def _stage_command(stage: str):
         requeue: bool = typer.Option(True, help="Let Slurm requeue the job (node failure, pre-emption, by hand)"),
         signal_time: int = typer.Option(120, min=0, help="Send USR1 this many seconds before the time limit "
                                         "(0: never)"),
-        on_signal: str = typer.Option("requeue", help="After the USR1 stop: requeue (the job requeues itself and "
+        on_signal: OnSignal = typer.Option(OnSignal.requeue, help="After the USR1 stop: requeue (the job requeues itself and "
                                       "resumes) or exit (status 75; requeue by hand)"),
         nproc_per_node: Optional[int] = typer.Option(None, min=1, help="pretrain: processes per node "
                                                      "(default: --gpus, or 1)", hidden=stage != "pretrain"),
@@ -120,11 +121,11 @@ def pipeline(
     data: str = typer.Option(..., help="Data spec of the pre-training set (stage 1, split train)"),
     teacher: str = typer.Option(..., help="2D teacher (clip-vitb16, effnet-lite2, timm:NAME, ...)"),
     workdir: Path = typer.Option(..., help="WORKDIR/cache, WORKDIR/pretrain, WORKDIR/eval/PROTOCOL, WORKDIR/logs"),
-    scheduler: str = typer.Option("slurm", help="Batch system (slurm)"),
+    scheduler: Scheduler = typer.Option(Scheduler.slurm, help="Batch system"),
     array: int = typer.Option(1, min=1, help="Stage 1 array tasks (task I builds --shard I/N)"),
     config: str = typer.Option("paper", help="Pre-training preset (tiny, paper) or YAML file"),
     eval_data: Optional[str] = typer.Option(None, help="Data spec of the evaluation (default: --data)"),
-    eval_protocol: str = typer.Option("svm", help="svm, knn, fewshot, finetune"),
+    eval_protocol: Protocol = typer.Option(Protocol.svm, help="Evaluation protocol"),
     teacher_weights: Optional[str] = typer.Option(None, help="Stage 1 --teacher-weights (FILE or random)"),
     cache_args: str = typer.Option("", help="Extra `i2p cache build` options, one string"),
     pretrain_args: str = typer.Option("", help="Extra `i2p pretrain` options, one string"),
@@ -143,7 +144,7 @@ def pipeline(
     qos: Optional[str] = typer.Option(None, help="Slurm QOS"),
     requeue: bool = typer.Option(True, help="Jobs may be requeued"),
     signal_time: int = typer.Option(120, min=0, help="USR1 this many seconds before the time limit"),
-    on_signal: str = typer.Option("requeue", help="requeue or exit after the USR1 stop"),
+    on_signal: OnSignal = typer.Option(OnSignal.requeue, help="requeue or exit after the USR1 stop"),
     exe: Optional[str] = typer.Option(None, help="Command that runs i2p in the jobs (default: this python -m i2p)"),
     setup: List[str] = typer.Option([], help="Shell line run before each stage (repeatable)"),
     sbatch_arg: List[str] = typer.Option([], help="Extra #SBATCH option for every job (repeatable)"),

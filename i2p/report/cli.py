@@ -7,10 +7,12 @@ from typing import List, Optional
 
 import typer
 
+from i2p.common.cli_options import existing_path
+
 
 def report(
-    run_dir: Path = typer.Argument(..., help="pretrain run directory (config.yaml, metrics.jsonl, last.ckpt)"),
-    evals: List[Path] = typer.Option([], "--eval", help="result.json or its directory (repeatable)"),
+    run_dir: Path = typer.Argument(..., callback=existing_path, help="pretrain run directory (config.yaml, metrics.jsonl, last.ckpt)"),
+    evals: List[Path] = typer.Option([], "--eval", callback=existing_path, help="result.json or its directory (repeatable)"),
     out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write"),
     cache: Optional[str] = typer.Option(None, "--cache", help="cache for the figures (default: the checkpoint's)"),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="generate and embed viz figures"),

@@ -403,8 +403,9 @@ def _eval_section(inp: ReportInputs) -> str:
         conf = Path(res["_path"]).parent / "confusion.png"
         if conf.is_file():
             who = "random init" if ck == "random" else "pretrained"
+            pooled = " Queries of every episode pooled." if res.get("protocol") == "fewshot" else ""
             parts.append(img_tag(conf.read_bytes(), f"confusion {res.get('protocol')}",
-                                 f"Confusion matrix ({res.get('protocol')}, {who})."))
+                                 f"Confusion matrix ({res.get('protocol')}, {who}).{pooled}"))
         md = Path(res["_path"]).parent / "result.md"
         if md.is_file():
             parts.append(f"<details><summary>result.md</summary><pre>{esc(md.read_text())}</pre></details>")

@@ -6,9 +6,12 @@ from typing import List, Optional
 
 import typer
 
+from i2p.common.cli_options import Mask, Targets, existing_path, existing_weights, value
+
 
 def pretrain(
-    cache: List[str] = typer.Option(..., help="Stage-1 cache directory or URL (repeat to mix caches "
+    cache: List[str] = typer.Option(..., callback=existing_path,
+                                    help="Stage-1 cache directory or URL (repeat to mix caches "
                                     "built with the same teacher and settings)"),
     out: str = typer.Option(..., help="Run directory (last.ckpt, config.yaml, metrics.jsonl, tb/)"),
     config: str = typer.Option("base", help="Preset: base (published model, automatic 2D/3D balance), tiny (CPU minutes), paper (the published recipe exactly), or a YAML file"),
@@ -16,15 +19,16 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, help="Epochs (overrides the config)"),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda"),
-    mask: Optional[str] = typer.Option(None, help="saliency (2D-guided, the paper's) or random (3D-only baseline)"),
-    targets: Optional[str] = typer.Option(None, help="2d3d (the paper's) or 3d (no 2D target)"),
+    mask: Optional[Mask] = typer.Option(None, help="saliency (2D-guided, the paper's) or random (3D-only baseline)"),
+    targets: Optional[Targets] = typer.Option(None, help="2d3d (the paper's) or 3d (no 2D target)"),
     temperature: Optional[float] = typer.Option(None, help="Saliency softmax temperature T (paper: 1)"),
     online_teacher: Optional[bool] = typer.Option(None, "--online-teacher/--cached-targets",
                                                   help="Run projection + teacher inside each step (the paper's way)"),
-    teacher_weights: Optional[str] = typer.Option(None, help="Online teacher weights FILE or 'random'"),
+    teacher_weights: Optional[str] = typer.Option(None, callback=existing_weights,
+                                                  help="Online teacher weights FILE or 'random'"),
     seed: Optional[int] = typer.Option(None, help="Seed"),
     workers: Optional[int] = typer.Option(None, help="Data-loading worker processes"),
-    probe_cache: Optional[str] = typer.Option(None, help="Labelled cache for a periodic linear-SVM probe"),
+    probe_cache: Optional[str] = typer.Option(None, callback=existing_path, help="Labelled cache for a periodic linear-SVM probe"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from OUT/last.ckpt if present"),
     max_steps: Optional[int] = typer.Option(None, hidden=True, help="Stop after this many steps (tests)"),
 ) -> None:
@@ -34,7 +38,7 @@ def pretrain(
 
     cfg = pcfg.resolve(config, set_, seed=seed, device=device, online_teacher=online_teacher,
                        teacher_weights=teacher_weights,
-                       model={"mask_mode": mask, "targets": targets, "temperature": temperature},
+                       model={"mask_mode": value(mask), "targets": value(targets), "temperature": temperature},
                        optim={"epochs": epochs, "batch_size": batch_size}, data={"workers": workers})
     result = run(cache, out, cfg, resume=resume, probe_cache=probe_cache, max_steps=max_steps)
     state = "stopped by signal (re-run the command to resume)" if result.stopped_by_signal else "done"

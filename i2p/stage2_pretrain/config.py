@@ -115,6 +115,8 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
     nested dict of values that are not None)."""
     if config in PRESETS:
         cfg = PRESETS[config]()
+    elif not Path(config).is_file():
+        raise cfgutil.ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
     else:
         data = cfgutil.load_yaml(config)
         start = PRESETS[data.pop("preset", "base")]() if data.get("preset", "base") in PRESETS else base()

@@ -14,20 +14,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from i2p.common.cli_options import (
+    EpisodesFrom, FewshotMode, Pool, Preset, SelectOn, Solver, Vote, existing_checkpoint, existing_path, value,
+)
 from i2p.common.errors import UserError
 
 app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: linear SVM, few-shot, "
                        "kNN, fine-tune; compare results.", no_args_is_help=True)
 console = Console()
 
-CKPT = typer.Option(..., "--ckpt", help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
+CKPT = typer.Option(..., "--ckpt", callback=existing_checkpoint, help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
 DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
 POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN and teacher:NAME, else 1024)")
-POOL = typer.Option(None, "--pool", help="token pooling: max | meanmax (concatenated) | mean_plus_max (summed) (default: max; meanmax for teacher:NAME; an export directory's own)")
+POOL = typer.Option(None, "--pool", help="token pooling: meanmax = mean and max concatenated, mean_plus_max = summed (default: max; meanmax for teacher:NAME; an export directory's own)")
 SEED = typer.Option(0, "--seed", help="seed for point sampling, random init, CV folds and episodes")
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
 BATCH = typer.Option(32, "--batch-size", help="shapes per encoder forward pass")
-PRESET = typer.Option("tiny", "--preset", help="architecture of --ckpt random: tiny | paper")
+PRESET = typer.Option(Preset.tiny, "--preset", help="architecture of --ckpt random")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="show tqdm progress bars")
 
 
@@ -63,32 +66,32 @@ def _c_value(C: str) -> str | float:
 
 
 @app.command("svm")
-def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[str] = POOL,
+def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[Pool] = POOL,
             C: str = typer.Option("auto", "--C", help="'auto' (CV on train only) or a number"),
             folds: int = typer.Option(5, "--cv-folds", help="folds of the C cross-validation"),
-            solver: str = typer.Option("svc", "--solver", help="svc (libsvm, paper's C) | liblinear"),
+            solver: Solver = typer.Option(Solver.svc, "--solver", help="svc (libsvm, paper's C) or liblinear"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
-            device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+            device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
             progress: bool = PROGRESS) -> None:
     """Linear SVM on frozen features; C by cross-validation on train, paper's C beside."""
     from i2p.stage3_eval import runner
 
-    _show(runner.svm(ckpt, data, str(_out(out, "svm")), points, pool, _c_value(C), seed, device,
-                     batch_size, folds, solver, preset, progress))
+    _show(runner.svm(ckpt, data, str(_out(out, "svm")), points, value(pool), _c_value(C), seed, device,
+                     batch_size, folds, value(solver), value(preset), progress))
 
 
 @app.command("knn")
-def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[str] = POOL,
+def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, pool: Optional[Pool] = POOL,
             k: int = typer.Option(20, "--k", help="neighbours"),
-            vote: str = typer.Option("majority", "--vote", help="majority | weighted"),
+            vote: Vote = typer.Option(Vote.majority, "--vote", help="neighbour vote"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
-            device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+            device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
             progress: bool = PROGRESS) -> None:
     """kNN probe (cosine, faiss) on frozen features."""
     from i2p.stage3_eval import runner
 
-    _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, pool, k, vote, seed, device, batch_size,
-                     preset, progress))
+    _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, value(pool), k, value(vote), seed, device,
+                     batch_size, value(preset), progress))
 
 
 @app.command("fewshot")
@@ -97,26 +100,27 @@ def fewshot_cmd(ckpt: str = CKPT,
                 way: int = typer.Option(5, "--way"), shot: int = typer.Option(10, "--shot"),
                 folds: int = typer.Option(10, "--folds"),
                 query: int = typer.Option(20, "--query", help="test shapes per class"),
-                mode: str = typer.Option("linear", "--mode", help="linear (SVM on frozen features) | finetune"),
-                fold_dir: Optional[Path] = typer.Option(None, "--fold-dir",
+                mode: FewshotMode = typer.Option(FewshotMode.linear, "--mode",
+                                                 help="linear (SVM on frozen features) or finetune"),
+                fold_dir: Optional[Path] = typer.Option(None, "--fold-dir", callback=existing_path,
                                                         help="Point-BERT ModelNetFewshot folds: DIR/{way}way_{shot}shot/{fold}.pkl"),
-                episodes_from: str = typer.Option("split", "--episodes-from",
+                episodes_from: EpisodesFrom = typer.Option(EpisodesFrom.split, "--episodes-from",
                                                   help="split: support from train, query from test | all: pool both"),
                 C: str = typer.Option("0.0093", "--C", help="SVM C per episode, or 'auto' (CV on the support set)"),
-                points: Optional[int] = POINTS, pool: Optional[str] = POOL, seed: int = SEED,
+                points: Optional[int] = POINTS, pool: Optional[Pool] = POOL, seed: int = SEED,
                 out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
-                device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
+                device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
                 progress: bool = PROGRESS) -> None:
     """N-way K-shot episodes; mean ± std accuracy over folds."""
     from i2p.stage3_eval import runner
 
     _show(runner.fewshot(ckpt, data, str(_out(out, f"fewshot_{way}way_{shot}shot")), way, shot, query,
-                         folds, mode, str(fold_dir) if fold_dir else None, points, pool, _c_value(C), seed,
-                         device, batch_size, episodes_from, preset, progress))
+                         folds, value(mode), str(fold_dir) if fold_dir else None, points, value(pool),
+                         _c_value(C), seed, device, batch_size, value(episodes_from), value(preset), progress))
 
 
 @app.command("compare")
-def compare_cmd(results: List[Path] = typer.Argument(..., help="result.json files or their directories"),
+def compare_cmd(results: List[Path] = typer.Argument(..., callback=existing_path, help="result.json files or their directories"),
                 markdown: bool = typer.Option(False, "--markdown", help="print the Markdown table instead")) -> None:
     """One table across results."""
     from i2p.stage3_eval.report import COMPARE_HEADER, compare, compare_rows
@@ -143,24 +147,24 @@ def _radii(text: str) -> tuple[float, ...]:
 
 @app.command("finetune")
 def finetune_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS,
-                 epochs: int = typer.Option(300, "--epochs"), batch_size: int = BATCH,
+                 epochs: int = typer.Option(300, "--epochs", min=1), batch_size: int = BATCH,
                  lr: float = typer.Option(5e-4, "--lr"), weight_decay: float = typer.Option(0.05, "--weight-decay"),
                  warmup: int = typer.Option(10, "--warmup-epochs"),
                  smoothing: float = typer.Option(0.2, "--label-smoothing"),
                  dropout: float = typer.Option(0.5, "--dropout"),
                  val_frac: float = typer.Option(0.1, "--val-frac", help="share of train held out for selection"),
-                 select_on: str = typer.Option("val", "--select-on",
-                                               help="val | test (best-on-test: flagged in the report) | last"),
-                 votes: int = typer.Option(1, "--vote", help="test-time voting passes (1 = none)"),
+                 select_on: SelectOn = typer.Option(SelectOn.val, "--select-on",
+                                                    help="val, test (best-on-test: flagged in the report) or last"),
+                 votes: int = typer.Option(1, "--vote", min=1, help="test-time voting passes (1 = none)"),
                  local_radii: str = typer.Option("0.32,0.64,1.28", "--local-radii",
                                                  help="attention radius per level; 0 = global attention"),
                  seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result and checkpoint directory"),
                  device: str = DEVICE, resume: bool = typer.Option(True, "--resume/--no-resume",
                                                                    help="continue OUT/last.ckpt when present"),
-                 preset: str = PRESET, progress: bool = PROGRESS) -> None:
+                 preset: Preset = PRESET, progress: bool = PROGRESS) -> None:
     """Fine-tune encoder + MLP head; select on a validation split carved from train."""
     from i2p.stage3_eval import runner
 
     _show(runner.finetune(ckpt, data, str(_out(out, "finetune")), points, epochs, batch_size, lr, weight_decay,
-                          warmup, smoothing, dropout, val_frac, select_on, votes, _radii(local_radii), seed,
-                          device, resume, preset, progress))
+                          warmup, smoothing, dropout, val_frac, value(select_on), votes, _radii(local_radii), seed,
+                          device, resume, value(preset), progress))

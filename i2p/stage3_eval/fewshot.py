@@ -10,6 +10,16 @@ A linear SVM (see :mod:`i2p.stage3_eval.svm`) is fitted on the support features 
 episode and scored on its query; the report gives per-fold accuracy and mean ± POPULATION std
 (``ddof=0``, as ``numpy.std`` and the few-shot literature compute it over the 10 folds).
 
+Mean per-class accuracy, which the other protocols report beside overall accuracy, is taken per
+episode over the episode's ``way`` classes and then averaged over episodes like accuracy
+(``mean_class_accuracy`` ± ``mean_class_accuracy_std``). A sampled episode has exactly
+``query`` shapes per class, so the two agree unless shapes were skipped or a fold file is
+unbalanced; it is reported anyway so every protocol's result has the same keys. The per-class
+accuracies and the confusion matrix pool every episode's queries in the data set's own labels:
+a class's accuracy there depends on which classes it happened to face, so read them as where
+the errors are, not as a per-class benchmark. Point-BERT's fold files number each fold's classes
+0..way-1, so they give no per-class view (only the per-episode mean-class accuracy).
+
 Point-BERT's released ModelNetFewshot folds (``DIR/{way}way_{shot}shot/{fold}.pkl``) can be
 evaluated instead of sampled episodes; see :func:`read_fold_file`.
 """
@@ -24,6 +34,7 @@ import numpy as np
 from i2p.common.checkpoint import file_sha256
 from i2p.common.errors import SampleError, UserError
 from i2p.common.geometry import normalize_unit_sphere, resample, stable_seed
+from i2p.stage3_eval.metrics import mean_class_accuracy
 from i2p.stage3_eval.svm import accuracy, choose_C, fit_predict
 
 MODES = ("linear", "finetune")
@@ -86,18 +97,49 @@ def sample_episode(support_labels, way: int, shot: int, query: int, seed: int, f
             "support_y": np.asarray(sup_y), "query_y": np.asarray(qry_y)}
 
 
-def _fit_episode(Xs, ys, Xq, yq, C, seed) -> tuple[float, float]:
+def _fit_episode(Xs, ys, Xq, yq, C, seed) -> tuple[float, float, np.ndarray]:
+    """(accuracy, C used, query predictions) of one episode's linear SVM."""
     if C == "auto":
         sel = choose_C(Xs, ys, folds=5, seed=seed)  # support only; k shrinks to the smallest class
         C = sel["C"] if sel["C"] is not None else 0.0093
-    pred = fit_predict(Xs, ys, Xq, float(C), seed=seed)
-    return accuracy(yq, pred), float(C)
+    pred = np.asarray(fit_predict(Xs, ys, Xq, float(C), seed=seed))
+    return accuracy(yq, pred), float(C), pred
 
 
-def summarize(accs: list[float]) -> dict:
+def summarize(accs: list[float], class_accs: list[float] | None = None) -> dict:
+    """Mean ± population std over folds of accuracy and, when given, of mean-class accuracy.
+    ``accuracy`` repeats ``accuracy_mean`` so every protocol's result has the same key."""
     a = np.asarray(accs, dtype=np.float64)
-    return {"accuracy_mean": float(a.mean()), "accuracy_std": float(a.std(ddof=0)),
-            "std_kind": "population (ddof=0)", "fold_accuracy": [float(x) for x in a]}
+    out = {"accuracy_mean": float(a.mean()), "accuracy_std": float(a.std(ddof=0)),
+           "std_kind": "population (ddof=0)", "fold_accuracy": [float(x) for x in a]}
+    if class_accs is not None:
+        m = np.asarray(class_accs, dtype=np.float64)
+        out.update({"accuracy": out["accuracy_mean"], "mean_class_accuracy": float(m.mean()),
+                    "mean_class_accuracy_std": float(m.std(ddof=0)),
+                    "fold_mean_class_accuracy": [float(x) for x in m]})
+    return out
+
+
+class _Pooled:
+    """Every episode's query labels and predictions in the data set's labels, for the per-class
+    accuracies and the confusion matrix (see the module docstring)."""
+
+    def __init__(self):
+        self.y_true: list[int] = []
+        self.y_pred: list[int] = []
+
+    def add(self, y_true, y_pred, label_of=None) -> float:
+        """Add one episode; return its mean-class accuracy. ``label_of`` maps episode labels
+        (0..way-1) back to the data set's."""
+        t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+        if label_of is not None:
+            t, p = np.asarray(label_of)[t], np.asarray(label_of)[p]
+        self.y_true += t.tolist()
+        self.y_pred += p.tolist()
+        return mean_class_accuracy(t, p)
+
+    def predictions(self) -> dict:
+        return {"y_true": self.y_true, "y_pred": self.y_pred}
 
 
 def run_fewshot(X_support, y_support, way: int = 5, shot: int = 10, query: int = 20, folds: int = 10,
@@ -111,18 +153,23 @@ def run_fewshot(X_support, y_support, way: int = 5, shot: int = 10, query: int =
         raise UserError(f"--folds must be >= 1 (got {folds})")
     Xs_all = np.asarray(X_support)
     Xq_all = Xs_all if X_query is None else np.asarray(X_query)
-    accs, episodes = [], []
+    accs, class_accs, episodes, pooled = [], [], [], _Pooled()
     for f in range(folds):
         ep = sample_episode(y_support, way, shot, query, seed, f, y_query)
-        acc, c_used = _fit_episode(Xs_all[ep["support"]], ep["support_y"], Xq_all[ep["query"]],
-                                   ep["query_y"], C, seed)
+        acc, c_used, pred = _fit_episode(Xs_all[ep["support"]], ep["support_y"], Xq_all[ep["query"]],
+                                         ep["query_y"], C, seed)
         accs.append(acc)
-        episodes.append({"fold": f, "classes": ep["classes"], "accuracy": acc, "C": c_used,
+        class_accs.append(pooled.add(ep["query_y"], pred, ep["classes"]))
+        episodes.append({"fold": f, "classes": ep["classes"], "accuracy": acc,
+                         "mean_class_accuracy": class_accs[-1], "C": c_used,
                          "n_support": int(len(ep["support"])), "n_query": int(len(ep["query"]))})
-    return {**summarize(accs), "episodes": episodes}
+    return {**summarize(accs, class_accs), "episodes": episodes, "predictions": pooled.predictions()}
 
 
 # ---------------------------------------------------------------- Point-BERT fold files
+FOLD_FILE_NOTE = ("no per-class accuracy or confusion matrix: fold files label each fold's classes 0..way-1, "
+                  "so a label names a different class in every fold")
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
@@ -204,7 +251,7 @@ def run_fold_files(model, fold_dir, way, shot, folds, num_points=1024, seed=0, C
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"few-shot fold file {missing[0]} does not exist ({len(missing)} of {folds} missing)")
-    accs, episodes, skipped = [], [], 0
+    accs, class_accs, episodes, skipped = [], [], [], 0
     for f, p in enumerate(paths):
         data = read_fold_file(p)
         parts = {}
@@ -214,8 +261,12 @@ def run_fold_files(model, fold_dir, way, shot, folds, num_points=1024, seed=0, C
                                    batch_size, device, pool, progress, desc=f"fold {f} {part}")
             parts[part] = feats
             skipped += len(feats.skipped)
-        acc, c_used = _fit_episode(parts["train"].X, parts["train"].y, parts["test"].X, parts["test"].y, C, seed)
+        acc, c_used, pred = _fit_episode(parts["train"].X, parts["train"].y, parts["test"].X, parts["test"].y,
+                                         C, seed)
         accs.append(acc)
-        episodes.append({"fold": f, "file": str(p), "sha256": file_sha256(p), "accuracy": acc, "C": c_used,
+        class_accs.append(mean_class_accuracy(parts["test"].y, pred))
+        episodes.append({"fold": f, "file": str(p), "sha256": file_sha256(p), "accuracy": acc,
+                         "mean_class_accuracy": class_accs[-1], "C": c_used,
                          "n_support": len(parts["train"].y), "n_query": len(parts["test"].y)})
-    return {**summarize(accs), "episodes": episodes, "skipped": skipped}
+    return {**summarize(accs, class_accs), "episodes": episodes, "skipped": skipped,
+            "per_class_note": FOLD_FILE_NOTE}

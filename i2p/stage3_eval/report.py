@@ -5,6 +5,13 @@ A result must be enough on its own to say what was measured: which protocol, on 
 which seeds and settings, every number, software versions and when. ``compare`` lines results
 up in one Markdown table so runs (pretrained vs random, 2D targets vs 3D only) are read
 side by side.
+
+Every result is also meant for programs: ``schema`` names the format and its version
+(:data:`SCHEMA`; results written before it existed have none and still load), ``metrics`` lists
+the scalar metric keys the result reports, ``command`` is the command line that wrote it.
+Classification protocols add ``mean_class_accuracy``, ``per_class_accuracy``,
+``per_class_support``, ``confusion_matrix`` and its class order ``classes`` (see
+:mod:`i2p.stage3_eval.metrics` for the conventions).
 """
 
 from __future__ import annotations
@@ -18,11 +25,19 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from i2p.common.errors import UserError
+from i2p.common.invocation import command_line
+from i2p.stage3_eval.metrics import class_names, classification_metrics, confusion_matrix
 
 RESULT_JSON = "result.json"
 RESULT_MD = "result.md"
 CONFUSION_PNG = "confusion.png"
 REQUIRED = ("protocol", "data", "checkpoint", "settings", "timestamp", "versions")
+SCHEMA = "i2p.eval.result/1"
+SCHEMA_NAME = SCHEMA.split("/")[0]
+# Scalar metrics a result may report, in the order ``metrics`` lists them. Few-shot's
+# ``accuracy`` and ``mean_class_accuracy`` are means over episodes (``*_std`` their spread).
+METRIC_KEYS = ("accuracy", "mean_class_accuracy", "accuracy_std", "mean_class_accuracy_std", "accuracy_mean",
+               "accuracy_paper_C", "accuracy_no_vote")
 
 
 def versions() -> dict:
@@ -81,11 +96,11 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
             ("checkpoint", ck.get("path", "")), ("checkpoint sha256", ck.get("sha256") or "-")]
     for split, fp in (result.get("fingerprints") or {}).items():
         rows.append((f"fingerprint {split}", fp))
-    for key in ("accuracy", "accuracy_paper_C", "accuracy_no_vote", "C", "selected_epoch",
-                "accuracy_mean", "accuracy_std", "std_kind"):
+    for key in ("accuracy", "mean_class_accuracy", "accuracy_paper_C", "accuracy_no_vote", "C", "selected_epoch",
+                "accuracy_mean", "accuracy_std", "mean_class_accuracy_std", "std_kind"):
         if result.get(key) is not None:
             val = result[key]
-            rows.append((key, f"{100 * val:.2f}%" if key.startswith("accuracy") else _fmt(val)))
+            rows.append((key, f"{100 * val:.2f}%" if "accuracy" in key else _fmt(val)))
     for key, val in (result.get("settings") or {}).items():
         rows.append((f"setting {key}", _fmt(val)))
     if result.get("seeds"):
@@ -117,7 +132,15 @@ def result_markdown(result: dict) -> str:
     if result.get("warning"):
         lines.append(f"**WARNING: {result['warning']}**\n")
     lines.append(f"# i2p eval {result.get('protocol', '')}: {headline(result)}\n")
-    return "\n".join(lines) + "\n" + markdown_table(["field", "value"], summary_rows(result))
+    text = "\n".join(lines) + "\n" + markdown_table(["field", "value"], summary_rows(result))
+    per_class = result.get("per_class_accuracy") or {}
+    if per_class:
+        support = result.get("per_class_support") or {}
+        text += "\n## Per-class accuracy\n\n" + markdown_table(
+            ["class", "accuracy", "test shapes"],
+            [(name, f"{100 * acc:.2f}%" if acc is not None else "-", _fmt(support.get(name)))
+             for name, acc in per_class.items()])
+    return text
 
 
 def write_confusion(y_true, y_pred, classes: Sequence[str] | None, path: str | Path, title: str = "") -> Path:
@@ -127,12 +150,10 @@ def write_confusion(y_true, y_pred, classes: Sequence[str] | None, path: str | P
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    n = int(max(len(classes or []), y_true.max(initial=-1) + 1, y_pred.max(initial=-1) + 1, 1))
-    cm = np.zeros((n, n))
-    np.add.at(cm, (y_true, y_pred), 1)
+    cm = confusion_matrix(y_true, y_pred, len(classes or [])).astype(np.float64)
+    n = len(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    names = list(classes or []) + [str(i) for i in range(len(classes or []), n)]
+    names = class_names(classes, n)
     size = min(4 + 0.25 * n, 24)
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -152,13 +173,24 @@ def write_confusion(y_true, y_pred, classes: Sequence[str] | None, path: str | P
     return path
 
 
+def reported_metrics(result: dict) -> list[str]:
+    """The :data:`METRIC_KEYS` that ``result`` holds as numbers, in that order."""
+    return [k for k in METRIC_KEYS if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)]
+
+
 def write_result(out_dir: str | Path, result: dict, y_true=None, y_pred=None,
                  classes: Sequence[str] | None = None) -> dict:
     """Write ``result.json`` and ``result.md`` (plus ``confusion.png`` when predictions are
-    given) into ``out_dir``. Adds ``timestamp`` and ``versions``; returns the final dict."""
+    given) into ``out_dir``; returns the final dict.
+
+    Adds ``schema``, ``command``, ``timestamp``, ``versions`` and ``metrics``. With predictions,
+    adds the classification metrics of :func:`~i2p.stage3_eval.metrics.classification_metrics`
+    for the keys the protocol did not set itself (few-shot sets its own ``accuracy`` and
+    ``mean_class_accuracy``, means over episodes, and gives pooled predictions for the rest)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = dict(result)
+    res = {"schema": SCHEMA, **result}
+    res.setdefault("command", command_line())
     res.setdefault("timestamp", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     res.setdefault("versions", versions())
     missing = [k for k in ("protocol", "data", "checkpoint", "settings") if k not in res]
@@ -166,9 +198,12 @@ def write_result(out_dir: str | Path, result: dict, y_true=None, y_pred=None,
         raise ValueError(f"result lacks {missing}")
     files = {"json": str(out / RESULT_JSON), "markdown": str(out / RESULT_MD)}
     if y_true is not None and y_pred is not None:
+        for key, val in classification_metrics(y_true, y_pred, classes).items():
+            res.setdefault(key, val)
         write_confusion(y_true, y_pred, classes, out / CONFUSION_PNG,
                         title=f"{res['protocol']} {res.get('data', '')}: {headline(res)}")
         files["confusion"] = str(out / CONFUSION_PNG)
+    res.setdefault("metrics", reported_metrics(res))
     res["files"] = files
     res = to_jsonable(res)
     tmp = out / (RESULT_JSON + ".tmp")
@@ -179,7 +214,9 @@ def write_result(out_dir: str | Path, result: dict, y_true=None, y_pred=None,
 
 
 def load_result(path: str | Path) -> dict:
-    """A result.json, or a directory holding one."""
+    """A result.json, or a directory holding one. Results written before :data:`SCHEMA`
+    existed load too: they get ``schema: None`` and ``metrics`` read off their keys, so
+    callers see one shape. A ``schema`` of another format is refused."""
     p = Path(path)
     if p.is_dir():
         p = p / RESULT_JSON
@@ -191,11 +228,27 @@ def load_result(path: str | Path) -> dict:
         raise UserError(f"{p} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "protocol" not in data:
         raise UserError(f"{p} is not an i2p eval result (no 'protocol')")
+    schema = data.get("schema")
+    if schema is not None and str(schema).split("/")[0] != SCHEMA_NAME:
+        raise UserError(f"{p} has schema {schema!r}, not {SCHEMA_NAME}/N")
+    data.setdefault("schema", None)
+    if not isinstance(data.get("metrics"), list):
+        data["metrics"] = reported_metrics(data)
     data["_path"] = str(p)
     return data
 
 
-COMPARE_HEADER = ("result", "protocol", "data", "checkpoint", "accuracy", "settings", "timestamp")
+COMPARE_HEADER = ("result", "protocol", "data", "checkpoint", "accuracy", "mean class accuracy", "settings",
+                  "timestamp")
+
+
+def _mean_class_cell(res: dict) -> str:
+    """``91.20%``, or ``90.10 ± 3.00%`` for few-shot; ``-`` for results without it (older ones)."""
+    mca = res.get("mean_class_accuracy")
+    if not isinstance(mca, (int, float)):
+        return "-"
+    std = res.get("mean_class_accuracy_std")
+    return f"{100 * mca:.2f} ± {100 * std:.2f}%" if isinstance(std, (int, float)) else f"{100 * mca:.2f}%"
 
 
 def compare_rows(results: Sequence[str | Path]) -> list[list[str]]:
@@ -209,8 +262,8 @@ def compare_rows(results: Sequence[str | Path]) -> list[list[str]]:
         if res.get("accuracy_paper_C") is not None:
             acc += f" [paper C: {100 * res['accuracy_paper_C']:.2f}%]"
         settings = _fmt({k: v for k, v in (res.get("settings") or {}).items() if v is not None})
-        rows.append([res["_path"], res["protocol"], str(res.get("data", "")), ckpt, acc, settings,
-                     str(res.get("timestamp", ""))])
+        rows.append([res["_path"], res["protocol"], str(res.get("data", "")), ckpt, acc, _mean_class_cell(res),
+                     settings, str(res.get("timestamp", ""))])
     return rows
 
 

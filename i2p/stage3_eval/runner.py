@@ -237,7 +237,9 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
         ep["class_names"] = [classes[c] if 0 <= c < len(classes) else str(c) for c in ep["classes"]]
     settings["episodes_from"] = episodes_from
     base = _base("fewshot", data, info, seed, settings, {"all": pools["train"]} if episodes_from == "all" else pools)
-    return write_result(out, {**base, **res, "skipped": len(skipped), "skipped_samples": skipped[:50]})
+    pooled = res.pop("predictions")  # every episode's queries, in the data set's labels
+    return write_result(out, {**base, **res, "skipped": len(skipped), "skipped_samples": skipped[:50]},
+                        pooled["y_true"], pooled["y_pred"], classes)
 
 
 def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: int = 300,

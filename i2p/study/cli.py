@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from i2p.common.cli_options import existing_path
+
 app = typer.Typer(help="Studies: the masking/targets ablation (pretrain + evaluate variants x seeds), "
                        "masking statistics.", no_args_is_help=True)
 
@@ -21,7 +23,7 @@ def _argv_command() -> str:
 
 @app.command("ablation")
 def ablation_cmd(
-    config: Path = typer.Option(..., "--config", help="study YAML (see experiments/ablation-shrec.yaml)"),
+    config: Path = typer.Option(..., "--config", callback=existing_path, help="study YAML (see experiments/ablation-shrec.yaml)"),
     out: Path = typer.Option(..., "--out", help="study directory (resumable: re-run the same command to continue)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="runs at a time, each single-threaded (default: the config's)"),
     threads: int = typer.Option(1, "--threads", help="threads per run (OMP/MKL/torch)"),
@@ -64,7 +66,7 @@ def ablation_cmd(
 
 @app.command("masking")
 def masking_cmd(
-    config: Path = typer.Option(..., "--config", help="study YAML: caches, grouping (pretrain preset + overrides), "
+    config: Path = typer.Option(..., "--config", callback=existing_path, help="study YAML: caches, grouping (pretrain preset + overrides), "
                                 "temperatures, sample count, seed"),
     out: Path = typer.Option(..., "--out", help="JSON file to write"),
     samples: Optional[int] = typer.Option(None, "--samples", help="override masking.samples"),

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from i2p.common.cli_options import Mask, existing_path, value
+
 app = typer.Typer(help="Figures: a sample's stage-1 images, saliency and masks; a checkpoint's reconstruction.",
                   no_args_is_help=True)
 
@@ -36,7 +38,7 @@ def render_recon(ckpt: str, cache: str, index: int, out: str | Path, seed: int |
 
 @app.command("sample")
 def sample_cmd(
-    cache: str = typer.Option(..., "--cache", help="stage-1 cache directory or URL"),
+    cache: str = typer.Option(..., "--cache", callback=existing_path, help="stage-1 cache directory or URL"),
     index: int = typer.Option(0, "--index", help="sample index in the cache"),
     out: Path = typer.Option(..., "--out", help="PNG file to write"),
     seed: Optional[int] = typer.Option(None, "--seed",
@@ -58,14 +60,14 @@ def sample_cmd(
 
 @app.command("recon")
 def recon_cmd(
-    ckpt: str = typer.Option(..., "--ckpt", help="pretrain checkpoint (last.ckpt)"),
-    cache: str = typer.Option(..., "--cache", help="stage-1 cache directory or URL"),
+    ckpt: str = typer.Option(..., "--ckpt", callback=existing_path, help="pretrain checkpoint (last.ckpt)"),
+    cache: str = typer.Option(..., "--cache", callback=existing_path, help="stage-1 cache directory or URL"),
     index: int = typer.Option(0, "--index", help="sample index in the cache"),
     out: Path = typer.Option(..., "--out", help="PNG file to write"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of the masking draw (default: the run's)"),
     step: int = typer.Option(0, "--step", help="training step whose draw to use"),
-    mask: Optional[str] = typer.Option(None, "--mask", help="saliency | random (default: the run's)"),
+    mask: Optional[Mask] = typer.Option(None, "--mask", help="masking to draw (default: the run's)"),
 ) -> None:
     """Input, visible points and the checkpoint's prediction of the masked tokens."""
-    path = render_recon(ckpt, cache, index, out, seed, step, mask)
+    path = render_recon(ckpt, cache, index, out, seed, step, value(mask))
     typer.echo(f"wrote {path}", err=True)
