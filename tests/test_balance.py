@@ -208,3 +208,8 @@ def test_balance_warmup_ramps_the_ratio_linearly():
     assert weight(0.9) == pytest.approx(full, rel=1e-5)
     with pytest.raises(ValueError, match="balance_warmup"):
         tiny(balance_warmup=1.0)
+    # the default warms up over a tenth of the run; a config saved before the key existed
+    # (it has balance_ratio but no balance_warmup) resumes exactly as it ran: without
+    assert tiny().balance_warmup == 0.1
+    legacy = {k: v for k, v in tiny().to_dict().items() if k != "balance_warmup"}
+    assert type(cfg).from_dict(legacy).balance_warmup == 0.0
