@@ -25,7 +25,7 @@ import torch
 
 from i2p import __version__
 from i2p.cache.reader import CacheDataset, MultiCacheDataset, open_many_for_training
-from i2p.cluster.signals import StopOnSignal
+from i2p.common.signals import StopOnSignal
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
