@@ -73,7 +73,7 @@ def masking_cmd(
     top-20% salient tokens and the softmax's spread, for random masking and each T."""
     from i2p.study import config as scfg
     from i2p.study.masking import markdown_table, masking_stats
-    from i2p.study.runner import _write_json
+    from i2p.common.atomic import write_json
 
     study = scfg.load(config)
     base = next((v for v in study.variants if v.pretrain), study.variants[0])
@@ -83,7 +83,7 @@ def masking_cmd(
                           top_fraction=study.masking.top_fraction)
     stats["study_fingerprint"] = study.fingerprint()
     stats["grouping_from_variant"] = base.name
-    _write_json(out, stats)
+    write_json(out, stats, default=str)
     typer.echo(markdown_table(stats))
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,48 +132,17 @@ def resolve_model_config(config: str | None, settings: dict, temperature: float 
     checkpoint file (its stored config). The cache fixes points, views, feature width and S.
     """
     from i2p.stage2_pretrain import config as pcfg
-    from i2p.stage2_pretrain.model import ModelConfig
 
-    seed = None
-    name = config or "paper"
-    data = pcfg.DataConfig()
-    aug = None
-    if name in pcfg.PRESETS:
-        run = pcfg.PRESETS[name]()
-        mcfg, data = run.model, run.data
-    else:
-        path = Path(name)
-        if path.is_dir():
-            path = path / "config.yaml"
-        if not path.is_file():
-            raise UserError(f"--config {name}: not a preset ({', '.join(pcfg.PRESETS)}), run directory, "
-                            "config.yaml or checkpoint")
-        if path.suffix in (".yaml", ".yml"):
-            run = pcfg.resolve(str(path))
-            mcfg, seed, data = run.model, run.seed, run.data
-        else:
-            from i2p.common.checkpoint import load_checkpoint
-
-            ck = load_checkpoint(path)
-            saved = ck.get("config") or {}
-            if not isinstance(saved.get("model"), dict):
-                raise UserError(f"checkpoint {path} holds no model config")
-            mcfg = ModelConfig.from_dict(dict(saved["model"]))
-            seed = saved.get("seed")
-            d = saved.get("data") or {}
-            aug = {"scale_range": (float(d.get("scale_low", data.scale_low)),
-                                   float(d.get("scale_high", data.scale_high))),
-                   "shift_range": float(d.get("shift", data.shift))}
-    if aug is None:
-        aug = {"scale_range": (data.scale_low, data.scale_high), "shift_range": data.shift}
-    changes = dict(num_points=int(settings["num_points"]), views=int(settings["views"]),
-                   teacher_channels=int(settings["feature_shape"][-1]), image_size=int(settings["image_size"]))
+    run, is_preset = pcfg.load_any(config or "paper")
+    seed = None if is_preset else run.seed
+    aug = {"scale_range": (run.data.scale_low, run.data.scale_high), "shift_range": run.data.shift}
+    changes = pcfg.cache_model_fields(settings)
     if temperature is not None:
         if not temperature > 0:
             raise UserError(f"--temperature must be positive (got {temperature})")
         changes["temperature"] = float(temperature)
     try:
-        mcfg = dataclasses.replace(mcfg, **changes)
+        mcfg = dataclasses.replace(run.model, **changes)
     except ValueError as exc:
         raise UserError(f"model config does not fit the cache ({settings['num_points']} points): {exc}") from None
     return (mcfg, seed, aug) if with_augmentation else (mcfg, seed)
@@ -287,13 +255,11 @@ class Reconstruction:
 def load_model(ckpt: str, device: str = "cpu"):
     """(I2PMAE in eval mode, its ModelConfig, checkpoint dict) from a pretrain checkpoint."""
     from i2p.common.checkpoint import load_checkpoint, load_model_state
-    from i2p.stage2_pretrain.model import ModelConfig, build_model
+    from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.model import build_model
 
     ck = load_checkpoint(ckpt)
-    saved = ck.get("config") or {}
-    if not isinstance(saved.get("model"), dict):
-        raise UserError(f"checkpoint {ckpt} holds no model config")
-    mcfg = ModelConfig.from_dict(dict(saved["model"]))
+    mcfg = pcfg.from_saved(ck.get("config") or {}, f"checkpoint {ckpt}").model
     model = build_model(mcfg)
     load_model_state(model, ck["model"], what=f"checkpoint {ckpt}")
     return model.to(device).eval(), mcfg, ck
