@@ -16,7 +16,7 @@ from i2p.common.errors import CacheError
 from i2p.common.geometry import stable_seed
 
 
-def open_for_training(url: str, num_points: int | None = None, need_features: bool = True) -> dict:
+def open_for_training(url: str, num_points: int | None = None) -> dict:
     """Check that the cache at ``url`` is usable and return its attributes.
 
     Refuses (one line): a missing path, another format version, an incomplete cache, or a

@@ -16,7 +16,7 @@ import platform
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -391,4 +391,4 @@ def summary_line(report: BuildReport) -> str:
 
 
 __all__ = ["BuildConfig", "BuildReport", "build_cache", "build_shards", "prepare_store", "parse_shard", "finalize",
-           "summary_line", "asdict"]
+           "summary_line"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,11 +10,6 @@ import typer
 
 app = typer.Typer(help="Studies: the masking/targets ablation (pretrain + evaluate variants x seeds), "
                        "masking statistics.", no_args_is_help=True)
-
-
-def _argv_command() -> str:
-    args = sys.argv[1:]
-    return "i2p " + " ".join(shlex.quote(a) for a in args) if args else ""
 
 
 @app.command("ablation")

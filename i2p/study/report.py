@@ -245,11 +245,6 @@ def costs(state: dict) -> dict:
 
 
 # ---------------------------------------------------------------- results.md
-def study_command(study: StudyConfig, out: str | Path, jobs: int | None = None) -> str:
-    cfg = study.source or "STUDY.yaml"
-    return f"i2p study ablation --config {cfg} --out {out}" + (f" --jobs {jobs}" if jobs else "")
-
-
 def _setup_text(study: StudyConfig, state: dict) -> str:
     ev, fs = study.eval, study.eval.fewshot
     pre = study.pretrain
