@@ -30,7 +30,6 @@ from i2p.cache.reader import MultiCacheDataset, open_many_for_training
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
-from i2p.common.geometry import stable_seed
 from i2p.common.schedules import warmup_cosine_factor
 from i2p.common.signals import StopOnSignal
 from i2p.stage2_pretrain import config as pcfg
@@ -38,6 +37,7 @@ from i2p.stage2_pretrain.diagnostics import MetricsLog, encoder_grad_norms, held
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
 from i2p.stage2_pretrain.model.mae import optimizer_groups
+from i2p.stage2_pretrain.model.rng import step_generators
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
 from i2p.stage2_pretrain.teacher_targets import apply_norm, bank_keys, select_norm, target_stats, teacher_bank
 
@@ -113,7 +113,7 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
     how the global batch is split across ranks; cached maps or the online teacher; the maps
     standardised and the global target made as ``norm`` (:func:`select_norm`) says; the 'nce'
     bank's keys; bf16 autocast on CUDA."""
-    gen = [torch.Generator().manual_seed(stable_seed(tag, seed, step, int(i))) for i in batch["index"]]
+    gen = step_generators(seed, step, batch["index"], tag)
     points = batch["points"].to(device, non_blocking=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:

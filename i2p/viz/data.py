@@ -8,8 +8,8 @@ pipeline uses, so a figure cannot drift from what was trained:
   the cached ``proj``;
 * the saliency cloud, the 2D-guided draw and the propagation to finer levels are the model's
   own ``build_hierarchy`` / ``saliency_cloud`` / ``coarse_visibility`` / ``all_visibilities``,
-  driven by the generator a training step seeds for that sample:
-  ``torch.Generator().manual_seed(stable_seed("step", seed, step, index))``;
+  driven by the generator a training step seeds for that sample (``step_generators`` of
+  ``stage2_pretrain/model/rng.py``, which the training loop draws through);
 * a reconstruction runs the checkpoint's encoder, decoder and 3D head exactly as
   ``I2PMAE.forward`` does, and keeps the predictions the loss would compare.
 """
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from i2p.common.errors import UserError
-from i2p.common.geometry import stable_seed
 
 RANDOM_MODE = "random"
 GUIDED_MODE = "saliency"
@@ -73,7 +72,9 @@ class SampleViz:
 
 def step_generator(seed: int, step: int, index: int) -> torch.Generator:
     """The per-sample generator of training step ``step`` (see ``stage2_pretrain/train.py``)."""
-    return torch.Generator().manual_seed(stable_seed("step", seed, step, int(index)))
+    from i2p.stage2_pretrain.model.rng import step_generators
+
+    return step_generators(seed, step, [index])[0]
 
 
 def load_sample(cache: str, index: int) -> CacheSample:
@@ -200,10 +201,10 @@ def draw_masks(mcfg, sample: CacheSample, mode: str, seed: int, step: int = 0,
 def augmentation(seed: int, epoch: int, index: int, scale_range=(2 / 3, 3 / 2), shift_range: float = 0.2):
     """The (scale [1,1,3], shift [1,1,3]) that ``CacheDataset(augment=True)`` gives sample
     ``index`` in ``epoch`` (same draws, same order)."""
-    rng = np.random.default_rng(stable_seed(seed, epoch, int(index)))
-    scale = rng.uniform(*scale_range, size=(1, 3))
-    shift = rng.uniform(-shift_range, shift_range, size=(1, 3))
-    return (torch.from_numpy(scale.astype(np.float32))[None], torch.from_numpy(shift.astype(np.float32))[None])
+    from i2p.cache.reader import augmentation_params
+
+    scale, shift = augmentation_params(seed, epoch, index, scale_range, shift_range)
+    return torch.from_numpy(scale)[None], torch.from_numpy(shift)[None]
 
 
 def sample_viz(cache: str, index: int, config: str | None = "paper", seed: int | None = None, step: int = 0,
