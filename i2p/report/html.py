@@ -10,7 +10,6 @@ The page's parts: :mod:`page` (building blocks), :mod:`plots`, :mod:`sections`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -18,20 +17,6 @@ from i2p.common.atomic import write_text
 from i2p.common.errors import UserError
 from i2p.report.page import CSP, png_data_uri
 from i2p.report.sections import ReportInputs, render_html
-
-def read_metrics(path: Path) -> list[dict]:
-    out = []
-    if not path.is_file():
-        return out
-    for ln in path.read_text().splitlines():
-        ln = ln.strip()
-        if not ln:
-            continue
-        try:
-            out.append(json.loads(ln))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: the rest of the log is still good
-    return out
 
 
 def read_run(run_dir: str | Path) -> ReportInputs:
@@ -48,6 +33,8 @@ def read_run(run_dir: str | Path) -> ReportInputs:
             inputs.config = yaml.safe_load(inputs.config_text) or {}
         except yaml.YAMLError:
             inputs.notes.append("config.yaml could not be parsed")
+    from i2p.stage2_pretrain.diagnostics import read_metrics
+
     inputs.metrics = read_metrics(run / "metrics.jsonl")
     if not inputs.config_text and not inputs.metrics:
         raise UserError(f"{run} is not a pretrain run directory (no config.yaml, no metrics.jsonl)")

@@ -16,6 +16,27 @@ import torch
 from i2p.common.atomic import write_text
 
 
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of every readable line of a metrics.jsonl (a line cut by a kill is skipped:
+    the rest of the log is still good)."""
+    out = []
+    if not path.is_file():
+        return out
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append((ln.strip(), rec))
+    return out
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (empty when there is none)."""
+    return [rec for _, rec in _records(Path(path))]
+
+
 class MetricsLog:
     """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines past the checkpoint's step
     are dropped so the log reads as one uninterrupted run."""
@@ -27,8 +48,7 @@ class MetricsLog:
         if not enabled:
             return
         if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [ln for ln, rec in _records(self.path) if rec.get("step", 0) <= resume_step]
             write_text(self.path, "".join(ln + "\n" for ln in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -37,19 +37,9 @@ def mean_std(values) -> tuple[float, float, int]:
 
 
 def _train_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    import json
+    from i2p.stage2_pretrain.diagnostics import read_metrics
 
-    recs = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in r:
-            recs.append(r)
+    recs = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     if not recs:
         return {}
 
