@@ -3,8 +3,9 @@
 * no import cycle, between modules or between subpackages (every ``import`` counts, also the
   lazy ones inside functions: a cycle through a lazy import is still a tangle);
 * the subpackages form layers and import only downwards: ``common`` <- ``cache`` <- stage 1 <-
-  stage 2 <- stage 3 <- the tools on top; in particular no stage imports ``cluster`` and
-  ``cache`` imports nothing of i2p but ``common``;
+  stage 2 <- stage 3 <- the tools on top <- ``cli``; in particular no stage imports ``cluster``
+  (only ``cli`` does), ``cache`` imports nothing of i2p but ``common`` and ``common`` nothing
+  but itself;
 * ``import i2p`` (and ``i2p --help``'s ``import i2p.cli``) does not import torch;
 * no module over 400 lines, no function body over 60 lines.
 """
@@ -38,9 +39,9 @@ LAYERS = {
     "stage1_project": 2,
     "stage2_pretrain": 3,
     "stage3_eval": 4,
-    "viz": 5, "cluster": 5,
+    "viz": 5,
     "report": 6, "study": 6,
-    "demo": 7,
+    "demo": 7, "cluster": 7,  # cluster/ runs stages as processes: nothing but the command line imports it
     "cli": 8, "__main__": 9,
 }
 # Not subpackages: the root package (``from i2p import __version__``) and the command line,
