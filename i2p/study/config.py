@@ -28,7 +28,6 @@ run of that seed starts from (same seed, same architecture), evaluated without t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -123,7 +122,7 @@ class StudyConfig:
         return list(self.pretrain.set) + list(variant.set)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return cfgutil.to_dict(self)
 
     def fingerprint(self) -> str:
         d = self.to_dict()
