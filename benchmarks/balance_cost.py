@@ -19,6 +19,7 @@ from benchmarks.common import interleaved, median
 
 def main(argv=None) -> dict:
     from i2p.cache.reader import CacheDataset, MultiCacheDataset, open_for_training
+    from i2p.stage2_pretrain.config import cache_model_fields
     from i2p.stage2_pretrain.model import ModelConfig, build_model
     from i2p.stage2_pretrain.model.mae import optimizer_groups
     from i2p.stage2_pretrain.teacher_targets import select_norm, target_stats
@@ -33,9 +34,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args(argv)
     s = open_for_training(a.cache)["settings"]
-    over = dict(num_points=s["num_points"], views=s["views"], teacher_channels=s["feature_shape"][-1],
-                image_size=s["image_size"])
-    default = (ModelConfig.base if a.model == "paper" else ModelConfig.tiny)(**over)
+    default = (ModelConfig.base if a.model == "paper" else ModelConfig.tiny)(**cache_model_fields(s))
     norm = select_norm(target_stats(MultiCacheDataset([a.cache]), 256), True, default.global_ratio > 0)
     steps = {}
     for name, cfg in (("default", default), ("fixed_lambda", fixed_lambda_config(default))):

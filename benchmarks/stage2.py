@@ -25,9 +25,10 @@ from benchmarks.common import PeakRSS, Sizes, interleaved, median, ratio, resolv
 def model_config(name: str, settings: dict, sizes: Sizes):
     from i2p.stage2_pretrain.model import ModelConfig
 
+    from i2p.stage2_pretrain.config import cache_model_fields
+
     over = dict(sizes.paper_overrides if name == "paper" else sizes.tiny_overrides)
-    over.update(num_points=settings["num_points"], views=settings["views"],
-                teacher_channels=settings["feature_shape"][-1], image_size=settings["image_size"])
+    over.update(cache_model_fields(settings))
     return (ModelConfig.base if name == "paper" else ModelConfig.tiny)(**over)
 
 

@@ -68,7 +68,7 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 def _mount() -> None:
     """Attach every stage's commands. Command modules import their heavy dependencies lazily,
     inside the command, so ``i2p --help`` stays fast."""
-    from i2p.cache.cli import app as cache_app
+    from i2p.stage1_project.cli import app as cache_app
     from i2p.stage2_pretrain.cli import pretrain
     from i2p.stage3_eval.cli import app as eval_app
 

@@ -142,23 +142,11 @@ def _counting(factory: Callable | None, bar) -> Callable | None:
     return make
 
 
-def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
-    """Run (or finish) the demo described by ``plan``; returns the summary written to demo.json."""
+def _stage1(plan: DemoPlan, out: Path, teacher_factory: Callable | None, console) -> Path:
+    """Build (or finish) the cache; refuses to go on with an incomplete one."""
     from i2p.common.errors import UserError
-
-    console = _console()
-    out = Path(plan.out).resolve()  # absolute: the checkpoint records the cache path for `i2p report`
-    out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(console, 4)
-    console.print(f"[bold]i2p demo[/] -> {out}\n"
-                  f"  data {plan.data} | teacher {plan.teacher} | {plan.points} points | tiny model, "
-                  f"{plan.epochs} epochs | SVM + {plan.way}-way {plan.shot}-shot vs random init\n"
-                  "  re-running the same command resumes: finished stages are reused")
-
-    # ---- stage 1
     from i2p.stage1_project.build import BuildConfig, build_cache, summary_line
 
-    stages.start("stage 1: cache build", f"{plan.teacher} on 3 depth views per shape")
     cache = out / "cache"
     bcfg = BuildConfig(data=plan.data, out=str(cache), teacher=plan.teacher, teacher_weights=plan.teacher_weights,
                        split="train", points=plan.points, batch_size=16, device=plan.device, seed=plan.seed,
@@ -172,12 +160,14 @@ def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
     console.print(summary_line(report))
     if not report.complete:
         raise UserError(f"cache {cache} is incomplete (stopped by {report.stopped_by_signal}); re-run to finish")
+    return cache
 
-    # ---- stage 2
+
+def _stage2(plan: DemoPlan, out: Path, cache: Path, console) -> str:
+    """Pre-train (or resume) the tiny model with a periodic probe; returns the checkpoint."""
     from i2p.stage2_pretrain import config as pcfg
     from i2p.stage2_pretrain.train import pretrain
 
-    stages.start("stage 2: pretrain", f"tiny I2P-MAE, {plan.epochs} epochs, linear probe every {plan.probe_every}")
     cfg = pcfg.resolve("tiny", list(plan.overrides), seed=plan.seed, device=plan.device,
                        optim={"epochs": plan.epochs, "batch_size": plan.batch_size},
                        data={"workers": plan.workers},
@@ -186,22 +176,22 @@ def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
     result = pretrain(str(cache), str(run), cfg, probe_cache=str(cache))
     ckpt = str(run / "last.ckpt")
     console.print(f"pretrain: step {result.step}, epoch {result.epoch} -> {ckpt}")
+    return ckpt
 
-    # ---- stage 3
+
+def _stage3(plan: DemoPlan, out: Path, ckpt: str, console) -> tuple[list[Path], list[tuple[str, str]]]:
+    """SVM and few-shot for the pretrained and the random-init encoder (a result for the same
+    checkpoint is reused); returns the result directories and (name, headline) rows."""
     from i2p.stage3_eval import runner
     from i2p.stage3_eval.report import headline
 
-    stages.start("stage 3: evaluate", "linear SVM and few-shot; pretrained vs random init")
-    evals = []
+    common = dict(points=plan.points, seed=plan.seed, device=plan.device, preset="tiny", progress=plan.progress)
     jobs = []
     for who, ck in (("pretrained", ckpt), ("random", "random")):
-        jobs.append((f"svm-{who}", ck, lambda d, ck=ck: runner.svm(
-            ck, plan.data, str(d), points=plan.points, seed=plan.seed, device=plan.device, preset="tiny",
-            progress=plan.progress)))
+        jobs.append((f"svm-{who}", ck, lambda d, ck=ck: runner.svm(ck, plan.data, str(d), **common)))
         jobs.append((f"fewshot-{who}", ck, lambda d, ck=ck: runner.fewshot(
-            ck, plan.data, str(d), way=plan.way, shot=plan.shot, query=plan.query, folds=plan.folds,
-            points=plan.points, seed=plan.seed, device=plan.device, preset="tiny", progress=plan.progress)))
-    rows = []
+            ck, plan.data, str(d), way=plan.way, shot=plan.shot, query=plan.query, folds=plan.folds, **common)))
+    evals, rows = [], []
     for name, ck, job in jobs:
         d = out / "eval" / name
         res = _eval_done(d, ck)
@@ -213,37 +203,63 @@ def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
         console.print(f"  {name}: {headline(res)}")
         rows.append((name, headline(res)))
         evals.append(d)
+    return evals, rows
 
-    # ---- report
+
+def _write_report(plan: DemoPlan, out: Path, cache: Path, evals: list[Path]) -> Path:
     from i2p.report.html import build_report
 
-    stages.start("report", "settings, curves, figures, results -> one HTML file")
     bar = None
     if plan.progress and plan.figures > 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=2 * plan.figures, unit="figure", desc="figures", dynamic_ncols=True)
     try:
-        html = build_report(run, out / "report.html", evals, cache=str(cache), samples=plan.figures,
+        return build_report(out / "run", out / "report.html", evals, cache=str(cache), samples=plan.figures,
                             title="i2p demo report", progress=(lambda: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    stages.finish()
+
+
+def _write_summary(plan: DemoPlan, out: Path, stages: _Stages, ckpt: str, html: Path, rows: list) -> dict:
+    """demo.json: the plan, each stage's wall time (and those of earlier invocations), results."""
+    from i2p.common.atomic import read_json, write_json
 
     summary = {"plan": asdict(plan), "stage_seconds": stages.times, "total_seconds": round(stages.elapsed(), 1),
                "checkpoint": ckpt, "report": str(html), "results": dict(rows)}
+    old = read_json(out / "demo.json")
     history = []
-    try:  # keep the timings of earlier (interrupted or resumed) invocations
-        old = json.loads((out / "demo.json").read_text())
+    if isinstance(old, dict):  # keep the timings of earlier (interrupted or resumed) invocations
         history = old.get("history", []) + [{k: old.get(k) for k in ("stage_seconds", "total_seconds", "finished")}]
-    except (OSError, ValueError, AttributeError):
-        pass
     summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summary["history"] = history
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "demo.json", summary)
+    return summary
 
+
+def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
+    """Run (or finish) the demo described by ``plan``; returns the summary written to demo.json."""
     from rich.table import Table
+
+    console = _console()
+    out = Path(plan.out).resolve()  # absolute: the checkpoint records the cache path for `i2p report`
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(console, 4)
+    console.print(f"[bold]i2p demo[/] -> {out}\n"
+                  f"  data {plan.data} | teacher {plan.teacher} | {plan.points} points | tiny model, "
+                  f"{plan.epochs} epochs | SVM + {plan.way}-way {plan.shot}-shot vs random init\n"
+                  "  re-running the same command resumes: finished stages are reused")
+    stages.start("stage 1: cache build", f"{plan.teacher} on 3 depth views per shape")
+    cache = _stage1(plan, out, teacher_factory, console)
+    stages.start("stage 2: pretrain", f"tiny I2P-MAE, {plan.epochs} epochs, linear probe every {plan.probe_every}")
+    ckpt = _stage2(plan, out, cache, console)
+    stages.start("stage 3: evaluate", "linear SVM and few-shot; pretrained vs random init")
+    evals, rows = _stage3(plan, out, ckpt, console)
+    stages.start("report", "settings, curves, figures, results -> one HTML file")
+    html = _write_report(plan, out, cache, evals)
+    stages.finish()
+    summary = _write_summary(plan, out, stages, ckpt, html, rows)
 
     table = Table(title="i2p demo results", show_header=True, header_style="bold")
     table.add_column("evaluation")

@@ -28,16 +28,16 @@ if kill_at is not None:
 
 kill_step = os.environ.get("I2P_TEST_KILL_AT_STEP")
 if kill_step is not None:
-    from i2p.stage2_pretrain import train as _train
+    from i2p.stage2_pretrain.diagnostics import MetricsLog
 
-    _write = _train.MetricsLog.write
+    _write = MetricsLog.write
 
     def _killing_write(self, record):
         _write(self, record)
         if record.get("step") == int(kill_step):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    _train.MetricsLog.write = _killing_write
+    MetricsLog.write = _killing_write
 
 from i2p.cli import main  # noqa: E402
 

@@ -15,7 +15,7 @@ import torch
 import zarr
 
 from conftest import build_small_cache, subprocess_env
-from i2p.cluster.dask_build import parse_dask
+from i2p.stage1_project.dask_build import parse_dask
 from i2p.common.errors import UserError
 from i2p.stage1_project.build import BuildConfig, build_cache
 

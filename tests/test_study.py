@@ -61,14 +61,14 @@ def test_micro_study_end_to_end_and_resume(tmp_path, small_cache):
     # one run was cut off after 2 of its 3 planned steps (same command, as if killed): the study
     # must continue it, not restart it
     from i2p.study import config as scfg
-    from i2p.study import runner
+    from i2p.study import plan as splan
 
-    layout = runner.Layout(out)
-    argv = {t.id: t for t in runner.plan(scfg.load(cfg), layout, {})}["pretrain/i2p-T1/seed1"].argv
+    layout = splan.Layout(out)
+    argv = {t.id: t for t in splan.plan(scfg.load(cfg), layout, {})}["pretrain/i2p-T1/seed1"].argv
     assert argv[-2:] == ["--max-steps", "3"]
     subprocess.run([sys.executable, "-m", "i2p", *argv[:-2], "--max-steps", "2"], env=subprocess_env(),
                    check=True, capture_output=True, timeout=300)
-    assert runner.ckpt_step(layout.pretrain("i2p-T1", 1) / "last.ckpt") == 2
+    assert splan.ckpt_step(layout.pretrain("i2p-T1", 1) / "last.ckpt") == 2
 
     r = _study(["--config", str(cfg), "--out", str(out), "--write-docs", str(docs)], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -93,7 +93,7 @@ def test_micro_study_end_to_end_and_resume(tmp_path, small_cache):
     assert int(pt["step"]) == 3
     resumed = [json.loads(x) for x in (layout.pretrain("i2p-T1", 1) / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in resumed if "loss" in x] == [1, 2, 3]  # continued from step 2
-    assert runner.ckpt_step(layout.pretrain("i2p-T1", 1) / "last.ckpt") == 3
+    assert splan.ckpt_step(layout.pretrain("i2p-T1", 1) / "last.ckpt") == 3
     # tables, chart, docs
     md = (out / "results.md").read_text()
     assert "full I2P T=1" in md and "random-init" in md and "Masking statistics" in md

@@ -16,7 +16,7 @@ from i2p.common.errors import CacheError
 from i2p.common.geometry import stable_seed
 
 
-def open_for_training(url: str, num_points: int | None = None, need_features: bool = True) -> dict:
+def open_for_training(url: str, num_points: int | None = None) -> dict:
     """Check that the cache at ``url`` is usable and return its attributes.
 
     Refuses (one line): a missing path, another format version, an incomplete cache, or a
@@ -35,6 +35,16 @@ def open_for_training(url: str, num_points: int | None = None, need_features: bo
     if attrs.get("num_valid", 0) < 1:
         raise CacheError(f"cache {url} holds no valid sample")
     return attrs
+
+
+def augmentation_params(seed: int, epoch: int, index: int, scale_range: tuple[float, float] = (2 / 3, 3 / 2),
+                        shift_range: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale [1,3], shift [1,3])`` float32 of sample ``index`` in ``epoch``: per-axis scale
+    U[scale_range], shift U[-shift_range, shift_range], drawn from ``(seed, epoch, index)``."""
+    rng = np.random.default_rng(stable_seed(seed, epoch, int(index)))
+    scale = rng.uniform(*scale_range, size=(1, 3))
+    shift = rng.uniform(-shift_range, shift_range, size=(1, 3))
+    return scale.astype(np.float32), shift.astype(np.float32)
 
 
 class CacheDataset(torch.utils.data.Dataset):
@@ -102,14 +112,13 @@ class CacheDataset(torch.utils.data.Dataset):
         if self.with_targets:
             item["features"] = torch.from_numpy(np.ascontiguousarray(self._array("features")[i]))
             item["saliency"] = torch.from_numpy(np.ascontiguousarray(self._array("saliency")[i]))
-        rng = np.random.default_rng(stable_seed(self.seed, self.epoch, i + self.index_offset))
         if self.augment:
-            scale = rng.uniform(*self.scale_range, size=(1, 3))
-            shift = rng.uniform(-self.shift_range, self.shift_range, size=(1, 3))
+            scale, shift = augmentation_params(self.seed, self.epoch, i + self.index_offset, self.scale_range,
+                                               self.shift_range)
         else:
-            scale, shift = np.ones((1, 3)), np.zeros((1, 3))
-        item["scale"] = torch.from_numpy(scale.astype(np.float32))
-        item["shift"] = torch.from_numpy(shift.astype(np.float32))
+            scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
+        item["scale"] = torch.from_numpy(scale)
+        item["shift"] = torch.from_numpy(shift)
         return item
 
 

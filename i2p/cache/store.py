@@ -59,10 +59,6 @@ class CacheLayout:
         }
 
 
-def shard_key(shard: int) -> str:
-    return f"shards/{shard:05d}"
-
-
 def _racing(make, attempts: int = 20):
     """Run ``make()`` (open-or-create of a group) and retry when a parallel builder created the
     same group between zarr's existence check and its own create (ContainsGroupError)."""

@@ -167,9 +167,8 @@ def default_job_name(stage: str) -> str:
     return f"i2p-{stage}"
 
 
-def render_script(stage: str, args: list[str], opts: SlurmOptions, submit_argv: list[str] | None = None,
-                  now: _dt.datetime | None = None) -> str:
-    """The batch script for ``stage`` run with ``args`` (the stage's own options)."""
+def _check_options(stage: str, opts: SlurmOptions) -> None:
+    """Option combinations that cannot make a working job."""
     if opts.on_signal not in ("requeue", "exit"):
         raise UserError(f"--on-signal {opts.on_signal!r}: expected requeue or exit")
     if opts.nodes < 1:
@@ -182,36 +181,12 @@ def render_script(stage: str, args: list[str], opts: SlurmOptions, submit_argv: 
         raise UserError("--array N needs N >= 1")
     if opts.on_signal == "requeue" and not opts.requeue:
         raise UserError("--on-signal requeue needs --requeue")
-    now = now or _dt.datetime.now().astimezone()
-    job_name = opts.job_name or default_job_name(stage)
-    log_dir = Path(opts.output).expanduser().absolute()
-    segments = stage_segments(stage, args, opts)
-    cmd = [tok for seg in segments for tok in seg]
-    plain_cmd = " ".join(_q(t) for t in cmd)
-    submit = shlex.join(submit_argv) if submit_argv else "(from Python)"
-    out = ["#!/bin/bash"]
-    out += [f"#SBATCH {line}" for line in _sbatch_lines(stage, opts, job_name, log_dir)]
-    out += [
-        "#",
-        f"# i2p {__version__} -- stage {stage} -- written {now.isoformat(timespec='seconds')}",
-        f"# submitted with: {submit}",
-        f"# stage command:  {plain_cmd}",
-        "#",
-        "# Every stage resumes: re-running the same command does only what is missing.",
-        f"# USR1 {opts.signal_time}s before the time limit -> the stage finishes the shard/step in progress,",
-        "# saves it and exits; " + ("this script then requeues the job, which resumes."
-                                    if opts.on_signal == "requeue" else
-                                    f"this script exits {EXIT_STOPPED}; `scontrol requeue JOBID` resumes it."),
-        "# TERM (scancel, pre-emption) -> the same clean stop, without requeueing by itself.",
-        "set -uo pipefail",
-        "export PYTHONUNBUFFERED=1",
-    ]
-    for line in opts.setup:
-        out.append(line)
-    if stage == "pretrain" and opts.nodes > 1:
-        out += ['export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-                f'export MASTER_PORT="${{MASTER_PORT:-{opts.master_port}}}"']
-    out += [
+
+
+def _runner_lines(segments: list[list[str]], opts: SlurmOptions) -> list[str]:
+    """The script's body: start the stage as a child, forward USR1/TERM to it as TERM, then
+    requeue (``--on-signal requeue``) or exit 75 after a USR1 stop."""
+    return [
         "",
         "cmd=(",
         _format_command(segments),
@@ -249,6 +224,42 @@ def render_script(stage: str, args: list[str], opts: SlurmOptions, submit_argv: 
         'exit "$status"',
         "",
     ]
+
+
+def render_script(stage: str, args: list[str], opts: SlurmOptions, submit_argv: list[str] | None = None,
+                  now: _dt.datetime | None = None) -> str:
+    """The batch script for ``stage`` run with ``args`` (the stage's own options)."""
+    _check_options(stage, opts)
+    now = now or _dt.datetime.now().astimezone()
+    job_name = opts.job_name or default_job_name(stage)
+    log_dir = Path(opts.output).expanduser().absolute()
+    segments = stage_segments(stage, args, opts)
+    cmd = [tok for seg in segments for tok in seg]
+    plain_cmd = " ".join(_q(t) for t in cmd)
+    submit = shlex.join(submit_argv) if submit_argv else "(from Python)"
+    out = ["#!/bin/bash"]
+    out += [f"#SBATCH {line}" for line in _sbatch_lines(stage, opts, job_name, log_dir)]
+    out += [
+        "#",
+        f"# i2p {__version__} -- stage {stage} -- written {now.isoformat(timespec='seconds')}",
+        f"# submitted with: {submit}",
+        f"# stage command:  {plain_cmd}",
+        "#",
+        "# Every stage resumes: re-running the same command does only what is missing.",
+        f"# USR1 {opts.signal_time}s before the time limit -> the stage finishes the shard/step in progress,",
+        "# saves it and exits; " + ("this script then requeues the job, which resumes."
+                                    if opts.on_signal == "requeue" else
+                                    f"this script exits {EXIT_STOPPED}; `scontrol requeue JOBID` resumes it."),
+        "# TERM (scancel, pre-emption) -> the same clean stop, without requeueing by itself.",
+        "set -uo pipefail",
+        "export PYTHONUNBUFFERED=1",
+    ]
+    for line in opts.setup:
+        out.append(line)
+    if stage == "pretrain" and opts.nodes > 1:
+        out += ['export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                f'export MASTER_PORT="${{MASTER_PORT:-{opts.master_port}}}"']
+    out += _runner_lines(segments, opts)
     return "\n".join(out)
 
 

@@ -1,7 +1,7 @@
 """Checkpoints that never silently fail to load.
 
-* Saved atomically (write to a temp file in the same directory, fsync, rename), so a kill
-  mid-save leaves the previous checkpoint intact.
+* Saved atomically (:mod:`i2p.common.atomic`: temp file in the same directory, fsync, rename),
+  so a kill mid-save leaves the previous checkpoint intact.
 * Hold only plain tensors/containers: they load with ``torch.load(weights_only=True)``.
 * Hold no teacher weights: only the 3D network, optimiser/scheduler/scaler state, RNG state,
   step counters and the resolved config.
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from i2p.common.atomic import atomic_open
 from i2p.common.errors import UserError
 
 FORMAT = "i2p-ckpt-1"
@@ -30,21 +30,9 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_open(path, "wb", fsync=True) as fh:
+        torch.save({"format": FORMAT, **state}, fh)
+    return Path(path)
 
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:

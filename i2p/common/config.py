@@ -1,8 +1,12 @@
-"""Typed configs: nested dataclasses, YAML files and ``--set key=value`` overrides.
+"""The one config system: typed dataclasses, YAML files and ``--set key=value`` overrides.
 
-A run's config is a tree of dataclasses (so typos fail loudly and defaults live in one place).
-Presets are functions returning instances; a YAML file or ``--set a.b=v`` overrides change
-fields, with values parsed by YAML and checked against the field's type.
+Every setting tree of i2p (pre-training :mod:`i2p.stage2_pretrain.config`, its model
+:class:`~i2p.stage2_pretrain.model.ModelConfig`, the ablation study :mod:`i2p.study.config`) is
+a tree of dataclasses, so typos fail loudly and defaults live in one place. Presets are
+functions returning instances (:func:`resolve`); a YAML file or ``--set a.b=v`` overrides
+change fields, with values parsed by YAML and checked against the field's type
+(:func:`update`); :func:`from_dict` builds a tree from a mapping (a YAML file, a checkpoint's
+stored config), :func:`to_dict` goes back.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from i2p.common.atomic import write_text
 from i2p.common.errors import UserError
 
 
@@ -29,6 +34,8 @@ def to_dict(cfg: Any) -> dict:
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
         return v
     return conv(cfg)
 
@@ -41,7 +48,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
             return None
-        for a in args:
+        exact = [a for a in args if a in (str, int, float, bool) and type(value) is a]
+        for a in exact + args:
             try:
                 return _coerce(value, a, key)
             except ConfigError:
@@ -56,7 +64,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")
         args = typing.get_args(typ)
         elem = args[0] if args else Any
-        items = [_coerce(v, elem, key) if elem is not Any and elem is not Ellipsis else v for v in value]
+        items = [_coerce(v, elem, f"{key}[{i}]") if elem is not Any and elem is not Ellipsis else v
+                 for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if typ is Any:
         return value
@@ -82,9 +91,20 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     raise ConfigError(f"config key {key}: {value!r} is not a {getattr(typ, '__name__', typ)}")
 
 
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data`` (unknown keys are an error)."""
-    return update(cls(), data, prefix)
+def from_dict(cls: type, data: Mapping, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``: unknown keys are an error, and so is a missing
+    field that has no default."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config {prefix.rstrip('.') or cls.__name__} must be a mapping, got {data!r}")
+    data = dict(data)
+    hints = typing.get_type_hints(cls)
+    required = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if f.name not in data:
+                raise ConfigError(f"config key {prefix}{f.name} is required")
+            required[f.name] = _coerce(data.pop(f.name), hints[f.name], prefix + f.name)
+    return update(cls(**required), data, prefix)
 
 
 def update(cfg: Any, data: dict, prefix: str = "") -> Any:
@@ -119,15 +139,56 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, what: str = "config file") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping")
+        raise ConfigError(f"{what} {path} must hold a mapping")
     return data
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The tree as YAML, written atomically (a kill mid-write keeps the previous file)."""
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def prune_none(d: Mapping) -> dict:
+    """A nested dict without its None values (and without sections left empty): the options a
+    user did not give on the command line."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            v = prune_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def resolve(presets: Mapping[str, Callable[[], Any]], source: str, overrides: Iterable[str] = (),
+            direct: Mapping | None = None, default: str = "base") -> Any:
+    """A preset name or a YAML file (its ``preset:`` key names the preset it starts from,
+    ``default`` when it has none), then ``--set`` overrides, then ``direct`` values (a nested
+    dict of command-line options; None means "not given")."""
+    if source in presets:
+        cfg = presets[source]()
+    elif not Path(source).is_file():
+        raise ConfigError(f"config {source!r} is neither a preset ({', '.join(presets)}) nor a YAML file")
+    else:
+        data = load_yaml(source)
+        name = data.get("preset", default)
+        if name in presets:
+            data.pop("preset", None)
+            cfg = presets[name]()
+        else:  # an unknown preset name is kept as a label on the default preset's values
+            cfg = presets[default]()
+        cfg = update(cfg, data)
+    if overrides:
+        cfg = update(cfg, parse_overrides(overrides))
+    return update(cfg, prune_none(direct or {}))

@@ -11,9 +11,17 @@
 docs/FIDELITY.md lists every difference between i2p and the official code.
 """
 
-from i2p.official.convert import Converted, ConversionError, convert_checkpoint, convert_state, convert_to_dir
-from i2p.official.eval import official_embed, official_outputs, pool_tokens
-from i2p.official.export import read_export_dir, write_export_dir
+# Lazy: ``i2p convert`` is mounted by ``i2p.cli``, which must not import torch (tests/test_architecture.py).
+_WHERE = {"Converted": "convert", "ConversionError": "convert", "convert_checkpoint": "convert",
+          "convert_state": "convert", "convert_to_dir": "convert", "official_embed": "eval",
+          "official_outputs": "eval", "pool_tokens": "eval", "read_export_dir": "export",
+          "write_export_dir": "export"}
+__all__ = sorted(_WHERE)
 
-__all__ = ["Converted", "ConversionError", "convert_checkpoint", "convert_state", "convert_to_dir",
-           "official_embed", "official_outputs", "pool_tokens", "read_export_dir", "write_export_dir"]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'i2p.official' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"i2p.official.{_WHERE[name]}"), name)

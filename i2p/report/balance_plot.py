@@ -33,7 +33,7 @@ def _points(metrics: list[dict], key: str, x: str) -> tuple[list[float], list[fl
 def balance_plot(metrics: list[dict]) -> bytes | None:
     from matplotlib.figure import Figure
 
-    from i2p.report.html import fig_png
+    from i2p.report.page import fig_png
 
     panels = {name: [(label, *_points(metrics, key, "epoch" if name == "r2" else "step"))
                      for key, label in series] for name, series in SERIES.items()}

@@ -6,7 +6,7 @@ which process, array task or resumed run computed it: a killed build re-run, or 
 builds into one directory, give the same store as one uninterrupted process.
 
 SIGTERM/SIGUSR1 (a Slurm time-limit warning, pre-emption) finish the shard in progress, write it
-and stop. :mod:`i2p.cluster.dask_build` runs the same :func:`build_shards` on dask workers.
+and stop. :mod:`i2p.stage1_project.dask_build` runs the same :func:`build_shards` on dask workers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import platform
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -295,7 +295,7 @@ def build_cache(cfg: BuildConfig, teacher_factory: Callable | None = None,
     SIGTERM/SIGUSR1 (Slurm's warning before a time limit, pre-emption) finish the shard in
     progress, write it, and return early with ``report.stopped_by_signal`` set; re-running the
     same command does the rest."""
-    from i2p.cluster.signals import StopOnSignal
+    from i2p.common.signals import StopOnSignal
 
     t_start = time.perf_counter()
     ds = _make_dataset(cfg)
@@ -391,4 +391,4 @@ def summary_line(report: BuildReport) -> str:
 
 
 __all__ = ["BuildConfig", "BuildReport", "build_cache", "build_shards", "prepare_store", "parse_shard", "finalize",
-           "summary_line", "asdict"]
+           "summary_line"]

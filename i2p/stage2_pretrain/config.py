@@ -113,17 +113,7 @@ def _alias(item: str) -> str:
 def resolve(config: str = "base", overrides: list[str] | None = None, **direct) -> PretrainConfig:
     """Preset name or YAML file, then ``--set`` overrides, then explicit CLI options (``direct``:
     nested dict of values that are not None)."""
-    if config in PRESETS:
-        cfg = PRESETS[config]()
-    elif not Path(config).is_file():
-        raise cfgutil.ConfigError(f"config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-    else:
-        data = cfgutil.load_yaml(config)
-        start = PRESETS[data.pop("preset", "base")]() if data.get("preset", "base") in PRESETS else base()
-        cfg = cfgutil.update(start, data)
-    if overrides:
-        cfg = cfgutil.update(cfg, cfgutil.parse_overrides([_alias(o) for o in overrides]))
-    cfg = cfgutil.update(cfg, _prune(direct))
+    cfg = cfgutil.resolve(PRESETS, config, [_alias(o) for o in overrides or ()], direct)
     try:
         cfg.model.validate()
     except ValueError as exc:
@@ -131,16 +121,49 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
     return cfg
 
 
-def _prune(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _prune(v)
-            if v:
-                out[k] = v
-        elif v is not None:
-            out[k] = v
-    return out
+def from_saved(saved: dict, what: str = "checkpoint") -> PretrainConfig:
+    """The config a checkpoint stores (``ckpt["config"]``, all of it or only some sections) as
+    a :class:`PretrainConfig`; missing sections keep the ``base`` preset's values."""
+    if not isinstance(saved.get("model"), dict):
+        raise cfgutil.ConfigError(f"{what} holds no model config")
+    try:
+        return cfgutil.update(base(), saved)
+    except (cfgutil.ConfigError, ValueError) as exc:
+        raise cfgutil.ConfigError(f"{what} holds a config this version cannot read: {exc}") from None
+
+
+def load_any(source: str) -> tuple[PretrainConfig, bool]:
+    """``(config, is_preset)`` of a preset name, a YAML file, a run directory (its config.yaml)
+    or a checkpoint file (the config it stores): what ``--config`` of ``i2p viz`` accepts."""
+    if source in PRESETS:
+        return PRESETS[source](), True
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.is_file():
+        raise cfgutil.ConfigError(f"--config {source}: not a preset ({', '.join(PRESETS)}), run directory, "
+                                  "config.yaml or checkpoint")
+    if path.suffix in (".yaml", ".yml"):
+        return resolve(str(path)), False
+    from i2p.common.checkpoint import load_checkpoint
+
+    return from_saved(load_checkpoint(path).get("config") or {}, f"checkpoint {path}"), False
+
+
+def cache_model_fields(settings: dict) -> dict:
+    """What a cache fixes in the model (its ``settings`` attribute): points per cloud, views,
+    teacher feature width and image side S."""
+    return dict(num_points=int(settings["num_points"]), views=int(settings["views"]),
+                teacher_channels=int(settings["feature_shape"][-1]), image_size=int(settings["image_size"]))
+
+
+def fit_to_cache(cfg: PretrainConfig, settings: dict) -> PretrainConfig:
+    """``cfg`` with the model sized for the cache whose ``settings`` are given (refused when
+    ``data.points`` asks for another point count)."""
+    if cfg.data.points is not None and cfg.data.points != settings["num_points"]:
+        raise cfgutil.ConfigError(f"cache was built with {settings['num_points']} points, "
+                                  f"config asks for {cfg.data.points}")
+    return replace_model(cfg, **cache_model_fields(settings))
 
 
 def save(cfg: PretrainConfig, path: Path) -> None:

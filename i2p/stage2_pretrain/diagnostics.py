@@ -1,13 +1,101 @@
-"""Diagnostics of the 2D/3D balance that a pre-training run logs (metrics.jsonl, TensorBoard,
-``i2p report``): the gradient norm each loss term sends into the encoder, and how much of
-the 2D targets the heads predict on shapes the run never trained on."""
+"""What a pre-training run logs, and where: :class:`MetricsLog` (``metrics.jsonl`` and
+TensorBoard, read back by ``i2p report``), the 2D/3D balance diagnostics (the gradient norm each
+loss term sends into the encoder, how much of the 2D targets the heads predict on shapes the
+run never trained on) and the periodic linear-SVM probe."""
 
 from __future__ import annotations
 
 import copy
+import json
+import math
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+from i2p.common.atomic import write_text
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of every readable line of a metrics.jsonl (a line cut by a kill is skipped:
+    the rest of the log is still good)."""
+    out = []
+    if not path.is_file():
+        return out
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append((ln.strip(), rec))
+    return out
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (empty when there is none)."""
+    return [rec for _, rec in _records(Path(path))]
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines past the checkpoint's step
+    are dropped so the log reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            keep = [ln for ln, rec in _records(self.path) if rec.get("step", 0) <= resume_step]
+            write_text(self.path, "".join(ln + "\n" for ln in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
+        except Exception:  # tensorboard missing: the JSON log is the record
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def probe_svm(model, probe_cache: str, device: torch.device) -> dict:
+    """Monitoring only: 3-fold cross-validated linear-SVM accuracy on a labelled cache."""
+    import numpy as np
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from i2p.cache.reader import CacheDataset
+
+    ds = CacheDataset(probe_cache, with_targets=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=0)
+    model.eval()
+    feats = []
+    with torch.no_grad():
+        for batch in loader:
+            feats.append(model.encode(batch["points"].to(device)).amax(dim=1).float().cpu())
+    model.train()
+    x, y = torch.cat(feats).numpy(), ds.labels
+    folds = int(min(3, np.bincount(y).max()))
+    if folds < 2:
+        return {}
+    clf = make_pipeline(StandardScaler(), LinearSVC(C=0.01, max_iter=5000))
+    acc = cross_val_score(clf, x, y, cv=folds).mean()
+    return {"probe_svm_acc": float(acc)}
 
 
 def unaugmented(full_ds):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.errors import SampleError, UserError
 from i2p.common.geometry import stable_seed
+from i2p.common.schedules import warmup_cosine as lr_at
 
 SELECT = ("val", "test", "last")
 TEST_WARNING = ("model selected on the TEST split (best-on-test): this accuracy is optimistic, "
@@ -94,13 +95,6 @@ def augment(points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     scale = torch.empty(b, 1, 3).uniform_(2 / 3, 3 / 2, generator=gen).to(points.device)
     shift = torch.empty(b, 1, 3).uniform_(-0.2, 0.2, generator=gen).to(points.device)
     return points * scale + shift
-
-
-def lr_at(step: int, total: int, warmup: int, base: float, floor: float = 1e-6) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 @torch.no_grad()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,11 +12,6 @@ from i2p.common.cli_options import existing_path
 
 app = typer.Typer(help="Studies: the masking/targets ablation (pretrain + evaluate variants x seeds), "
                        "masking statistics.", no_args_is_help=True)
-
-
-def _argv_command() -> str:
-    args = sys.argv[1:]
-    return "i2p " + " ".join(shlex.quote(a) for a in args) if args else ""
 
 
 @app.command("ablation")
@@ -75,7 +68,7 @@ def masking_cmd(
     top-20% salient tokens and the softmax's spread, for random masking and each T."""
     from i2p.study import config as scfg
     from i2p.study.masking import markdown_table, masking_stats
-    from i2p.study.runner import _write_json
+    from i2p.common.atomic import write_json
 
     study = scfg.load(config)
     base = next((v for v in study.variants if v.pretrain), study.variants[0])
@@ -85,7 +78,7 @@ def masking_cmd(
                           top_fraction=study.masking.top_fraction)
     stats["study_fingerprint"] = study.fingerprint()
     stats["grouping_from_variant"] = base.name
-    _write_json(out, stats)
+    write_json(out, stats, default=str)
     typer.echo(markdown_table(stats))
 
 

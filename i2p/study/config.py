@@ -28,7 +28,6 @@ run of that seed starts from (same seed, same architecture), evaluated without t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -36,12 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from i2p.common.errors import UserError
+from i2p.common import config as cfgutil
 
 
-class StudyConfigError(UserError):
+class StudyConfigError(cfgutil.ConfigError):
     pass
 
 
@@ -125,7 +122,7 @@ class StudyConfig:
         return list(self.pretrain.set) + list(variant.set)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return cfgutil.to_dict(self)
 
     def fingerprint(self) -> str:
         d = self.to_dict()
@@ -134,16 +131,9 @@ class StudyConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _only(d: dict, cls: type, where: str) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise StudyConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                               f"(known: {', '.join(sorted(names))})")
-    return d
-
-
 def _str_list(value: Any, where: str) -> list[str]:
+    """The ``set`` spellings a study accepts: a list of ``key=value`` strings, one string, or a
+    mapping ``{model.targets: 3d}``."""
     if value is None:
         return []
     if isinstance(value, dict):  # {model.targets: 3d} -> ["model.targets=3d"]
@@ -175,82 +165,76 @@ def _c_value(v: Any, where: str) -> str | float:
     return c
 
 
-def from_dict(data: dict, source: str | None = None) -> StudyConfig:
-    if not isinstance(data, dict):
-        raise StudyConfigError("study config must be a mapping")
+def _shorthands(data: dict) -> dict:
+    """The YAML shorthands, spelled out: one cache or one seed for a list of them, ``set`` as a
+    string or a mapping."""
     data = dict(data)
-    _only(data, StudyConfig, "study config")
     for key in ("pretrain", "eval", "variants"):
-        if key not in data:
+        if data.get(key) is None:
             raise StudyConfigError(f"study config needs '{key}'")
-    p = dict(_only(dict(data["pretrain"] or {}), PretrainSpec, "pretrain"))
-    caches = p.get("caches")
-    if isinstance(caches, str):
-        caches = [caches]
-    if not caches or not all(isinstance(c, str) for c in caches):
-        raise StudyConfigError("pretrain.caches must be a non-empty list of cache paths")
-    pre = PretrainSpec(caches=list(caches), preset=str(p.get("preset", "tiny")),
-                       set=_str_list(p.get("set"), "pretrain.set"), max_steps=p.get("max_steps"))
-    if pre.max_steps is not None and (not isinstance(pre.max_steps, int) or pre.max_steps < 1):
-        raise StudyConfigError("pretrain.max_steps must be a positive integer or null")
+    pre = dict(data["pretrain"]) if isinstance(data["pretrain"], dict) else data["pretrain"]
+    if isinstance(pre, dict):
+        if isinstance(pre.get("caches"), str):
+            pre["caches"] = [pre["caches"]]
+        pre["set"] = _str_list(pre.get("set"), "pretrain.set")
+        data["pretrain"] = pre
+    if isinstance(data.get("seeds"), int) and not isinstance(data["seeds"], bool):
+        data["seeds"] = [data["seeds"]]
+    if isinstance(data["variants"], list):
+        data["variants"] = [{**v, "set": _str_list(v.get("set"), f"variants[{i}].set")} if isinstance(v, dict) else v
+                            for i, v in enumerate(data["variants"])]
+    return data
 
-    e = dict(_only(dict(data["eval"] or {}), EvalSpec, "eval"))
-    if not isinstance(e.get("data"), str) or not e["data"]:
+
+def _check(study: StudyConfig) -> StudyConfig:
+    """What types alone do not say; normalises the two C values to 'auto' or a float."""
+    pre, ev, m = study.pretrain, study.eval, study.masking
+    if not pre.caches:
+        raise StudyConfigError("pretrain.caches must be a non-empty list of cache paths")
+    if pre.max_steps is not None and pre.max_steps < 1:
+        raise StudyConfigError("pretrain.max_steps must be a positive integer or null")
+    if not ev.data:
         raise StudyConfigError("eval.data must be a data spec, e.g. meshes:/path/to/shrec16")
-    svm = SvmSpec(**_only(dict(e.pop("svm", None) or {}), SvmSpec, "eval.svm"))
-    svm.C = _c_value(svm.C, "eval.svm.C")
-    fs = FewshotSpec(**_only(dict(e.pop("fewshot", None) or {}), FewshotSpec, "eval.fewshot"))
-    fs.C = _c_value(fs.C, "eval.fewshot.C")
-    ev = EvalSpec(**e, svm=svm, fewshot=fs)
+    ev.svm.C = _c_value(ev.svm.C, "eval.svm.C")
+    ev.fewshot.C = _c_value(ev.fewshot.C, "eval.fewshot.C")
     if ev.pool not in ("max", "meanmax"):
         raise StudyConfigError("eval.pool must be 'max' or 'meanmax'")
-
-    m = MaskingSpec(**_only(dict(data.get("masking") or {}), MaskingSpec, "masking"))
-    m.temperatures = [float(t) for t in m.temperatures]
     if any(t <= 0 for t in m.temperatures):
         raise StudyConfigError("masking.temperatures must be positive")
     if not 0 < m.top_fraction < 1:
         raise StudyConfigError("masking.top_fraction must lie in (0, 1)")
-
-    raw_variants = data["variants"]
-    if not isinstance(raw_variants, list) or not raw_variants:
+    if not study.variants:
         raise StudyConfigError("variants must be a non-empty list")
-    variants = []
-    for i, rv in enumerate(raw_variants):
-        if not isinstance(rv, dict) or "name" not in rv:
-            raise StudyConfigError(f"variants[{i}] needs a 'name'")
-        rv = dict(_only(dict(rv), Variant, f"variants[{i}]"))
-        rv["set"] = _str_list(rv.get("set"), f"variants[{i}].set")
-        v = Variant(**rv)
+    for v in study.variants:
         if not _NAME.match(v.name):
             raise StudyConfigError(f"variant name {v.name!r}: use letters, digits and _ . + = - only")
-        variants.append(v)
-    names = [v.name for v in variants]
+    names = [v.name for v in study.variants]
     if len(set(names)) != len(names):
         raise StudyConfigError("variant names must be unique")
-
-    seeds = data.get("seeds", [0, 1, 2])
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
-            or len(set(seeds)) != len(seeds):
+    if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise StudyConfigError("seeds must be a list of distinct integers")
-    jobs = data.get("jobs", 1)
-    if not isinstance(jobs, int) or jobs < 1:
+    if study.jobs < 1:
         raise StudyConfigError("jobs must be a positive integer")
-    name = str(data.get("name", "ablation"))
-    return StudyConfig(pretrain=pre, eval=ev, variants=variants, name=name, seeds=list(seeds),
-                       jobs=jobs, masking=m, source=source)
+    return study
+
+
+def from_dict(data: dict, source: str | None = None) -> StudyConfig:
+    """The study of a parsed YAML mapping: typed by :mod:`i2p.common.config` (unknown keys,
+    missing required keys and ill-typed values are errors), then checked."""
+    if not isinstance(data, dict):
+        raise StudyConfigError("study config must be a mapping")
+    try:
+        study = cfgutil.from_dict(StudyConfig, {**_shorthands(data), "source": source})
+    except cfgutil.ConfigError as exc:
+        raise StudyConfigError(f"study config: {exc}") from None
+    return _check(study)
 
 
 def load(path: str | Path) -> StudyConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise StudyConfigError(f"study config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyConfigError(f"study config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = cfgutil.load_yaml(path, what="study config")
+    except cfgutil.ConfigError as exc:
+        raise StudyConfigError(str(exc)) from None
     return from_dict(data, source=str(path))
 
 

@@ -48,6 +48,55 @@ def _read_samples(url: str, indices: np.ndarray):
     return torch.from_numpy(pts), torch.from_numpy(sal), torch.from_numpy(proj)
 
 
+def _mean_std(v) -> tuple[float, float]:
+    a = np.asarray(v, dtype=np.float64)
+    return float(a.mean()) if len(a) else float("nan"), float(a.std()) if len(a) else float("nan")
+
+
+class _Tally:
+    """The lists the statistics are means of: per mode (visible/masked saliency, overlap with
+    the top-k, spread of the softmax) and of the saliency cloud itself."""
+
+    def __init__(self, modes: list, G: int, n_vis: int, k_top: int, draws: int, seed: int):
+        self.modes, self.G, self.n_vis, self.k_top, self.draws, self.seed = modes, G, n_vis, k_top, draws, seed
+        keys = ("sal_visible", "sal_masked", "overlap_top", "max_over_mean", "entropy_rel", "p_visible_top")
+        self.per = [{k: [] for k in keys} for _ in modes]
+        self.cloud: dict[str, list] = {"mean": [], "range_within_sample": [], "std_within_sample": [],
+                                       "top_minus_mean": []}
+
+    def add(self, s: torch.Tensor, chunk: np.ndarray, ci: int) -> None:
+        """One batch of saliency clouds ``s`` [B, G] of samples ``chunk`` of cache ``ci``."""
+        from i2p.stage2_pretrain.model.masking import coarse_visibility
+
+        G, k_top = self.G, self.k_top
+        order = torch.argsort(s, dim=1, descending=True, stable=True)
+        top = torch.zeros_like(s, dtype=torch.bool).scatter(1, order[:, :k_top], True)
+        self.cloud["range_within_sample"] += (s.amax(1) - s.amin(1)).tolist()
+        self.cloud["std_within_sample"] += s.std(1, unbiased=False).tolist()
+        self.cloud["mean"] += s.mean(1).tolist()
+        self.cloud["top_minus_mean"] += ((s * top).sum(1) / k_top - s.mean(1)).tolist()
+        for acc, (mode, T) in zip(self.per, self.modes):
+            p = torch.full_like(s, 1.0 / G) if mode == "random" else torch.softmax(s / T, dim=1)
+            acc["max_over_mean"] += (p.amax(1) * G).tolist()
+            acc["entropy_rel"] += (-(p * p.clamp_min(1e-30).log()).sum(1) / math.log(G)).tolist()
+            acc["p_visible_top"] += (p * top).sum(1).tolist()
+            for d in range(self.draws):
+                g = [torch.Generator().manual_seed(stable_seed("maskstats", self.seed, ci, int(i), d)) for i in chunk]
+                vis = coarse_visibility(s, len(chunk), G, self.n_vis, mode, T or 1.0, g, "cpu")
+                acc["sal_visible"] += ((s * vis).sum(1) / vis.sum(1)).tolist()
+                acc["sal_masked"] += ((s * ~vis).sum(1) / (~vis).sum(1)).tolist()
+                acc["overlap_top"] += ((vis & top).sum(1).float() / k_top).tolist()
+
+    def rows(self) -> list[dict]:
+        out = []
+        for acc, (mode, T) in zip(self.per, self.modes):
+            row = {"mode": mode, "temperature": T}
+            for key in ("sal_visible", "sal_masked", "overlap_top", "max_over_mean", "entropy_rel", "p_visible_top"):
+                row[key], row[key + "_std"] = _mean_std(acc[key])
+            out.append(row)
+        return out
+
+
 @torch.no_grad()
 def masking_stats(caches: Sequence[str], model_cfg, temperatures: Sequence[float], samples: int = 200,
                   seed: int = 0, top_fraction: float = 0.2, draws: int = 8, batch_size: int = 16) -> dict:
@@ -56,25 +105,18 @@ def masking_stats(caches: Sequence[str], model_cfg, temperatures: Sequence[float
     ``model_cfg`` supplies the grouping (num_groups, group_sizes, fps_random_start), the mask
     ratio and the image size (it is checked against the caches' own)."""
     from i2p.cache.reader import CacheDataset, open_many_for_training
-    from i2p.stage2_pretrain.model.masking import coarse_visibility
     from i2p.stage2_pretrain.model.targets import saliency_cloud
     from i2p.stage2_pretrain.model.tokenizer import build_hierarchy
 
     caches = list(caches)
-    attrs = open_many_for_training(caches)
-    image_size = int(attrs[0]["settings"]["image_size"])
-    G = int(model_cfg.num_groups[-1])
-    n_vis = int(model_cfg.num_visible())
+    image_size = int(open_many_for_training(caches)[0]["settings"]["image_size"])
+    G, n_vis = int(model_cfg.num_groups[-1]), int(model_cfg.num_visible())
     k_top = max(1, int(round(top_fraction * G)))
-    modes = [("random", None)] + [("saliency", float(t)) for t in temperatures]
-    per = {i: {"sal_visible": [], "sal_masked": [], "overlap_top": []} for i in range(len(modes))}
-    spread = {i: {"max_over_mean": [], "entropy_rel": [], "p_visible_top": []} for i in range(len(modes))}
-    s_range, s_std, s_mean, s_top_gap = [], [], [], []
+    tally = _Tally([("random", None)] + [("saliency", float(t)) for t in temperatures], G, n_vis, k_top, draws, seed)
     per_cache_counts = []
     quota = [samples // len(caches) + (1 if i < samples % len(caches) else 0) for i in range(len(caches))]
     for ci, (url, q) in enumerate(zip(caches, quota)):
-        valid = CacheDataset(url, with_targets=False).indices
-        idx = _sample_indices(valid, q)
+        idx = _sample_indices(CacheDataset(url, with_targets=False).indices, q)
         per_cache_counts.append(int(len(idx)))
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
@@ -83,47 +125,14 @@ def masking_stats(caches: Sequence[str], model_cfg, temperatures: Sequence[float
             if model_cfg.fps_random_start:
                 gens = [torch.Generator().manual_seed(stable_seed("maskstats-fps", seed, ci, int(i))) for i in chunk]
             h = build_hierarchy(points, model_cfg.num_groups, model_cfg.group_sizes, gens)
-            s = saliency_cloud(view_sal, points, h, proj, image_size).float()  # [B, G]
-            order = torch.argsort(s, dim=1, descending=True, stable=True)
-            top = torch.zeros_like(s, dtype=torch.bool).scatter(1, order[:, :k_top], True)
-            s_range += (s.amax(1) - s.amin(1)).tolist()
-            s_std += s.std(1, unbiased=False).tolist()
-            s_mean += s.mean(1).tolist()
-            s_top_gap += ((s * top).sum(1) / k_top - s.mean(1)).tolist()
-            for mi, (mode, T) in enumerate(modes):
-                if mode == "random":
-                    p = torch.full_like(s, 1.0 / G)
-                else:
-                    p = torch.softmax(s / T, dim=1)
-                ent = -(p * p.clamp_min(1e-30).log()).sum(1) / math.log(G)
-                spread[mi]["max_over_mean"] += (p.amax(1) * G).tolist()
-                spread[mi]["entropy_rel"] += ent.tolist()
-                spread[mi]["p_visible_top"] += (p * top).sum(1).tolist()
-                for d in range(draws):
-                    g = [torch.Generator().manual_seed(stable_seed("maskstats", seed, ci, int(i), d)) for i in chunk]
-                    vis = coarse_visibility(s, len(chunk), G, n_vis, mode, T or 1.0, g, "cpu")
-                    per[mi]["sal_visible"] += ((s * vis).sum(1) / vis.sum(1)).tolist()
-                    per[mi]["sal_masked"] += ((s * ~vis).sum(1) / (~vis).sum(1)).tolist()
-                    per[mi]["overlap_top"] += ((vis & top).sum(1).float() / k_top).tolist()
-
-    def mean_std(v):
-        a = np.asarray(v, dtype=np.float64)
-        return float(a.mean()) if len(a) else float("nan"), float(a.std()) if len(a) else float("nan")
-
-    rows = []
-    for mi, (mode, T) in enumerate(modes):
-        row = {"mode": mode, "temperature": T}
-        for key, vals in {**per[mi], **spread[mi]}.items():
-            row[key], row[key + "_std"] = mean_std(vals)
-        rows.append(row)
+            tally.add(saliency_cloud(view_sal, points, h, proj, image_size).float(), chunk, ci)  # [B, G]
     return {
         "caches": caches, "samples": int(sum(per_cache_counts)), "per_cache_samples": per_cache_counts,
         "draws_per_sample": draws, "seed": seed, "augmentation": "none (cached clouds as stored)",
         "num_tokens": G, "num_visible": n_vis, "top_k": k_top, "top_fraction": top_fraction,
         "chance_overlap": n_vis / G,
-        "saliency": {"mean": mean_std(s_mean)[0], "range_within_sample": mean_std(s_range)[0],
-                     "std_within_sample": mean_std(s_std)[0], "top_minus_mean": mean_std(s_top_gap)[0]},
-        "modes": rows,
+        "saliency": {k: _mean_std(v)[0] for k, v in tally.cloud.items()},
+        "modes": tally.rows(),
     }
 
 

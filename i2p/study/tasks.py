@@ -17,23 +17,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from i2p.common.atomic import atomic_path
 from i2p.common.errors import UserError
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def materialize(spec: str, points: int, seed: int, out: str | Path) -> dict:
@@ -69,7 +58,8 @@ def materialize(spec: str, points: int, seed: int, out: str | Path) -> dict:
         info["skipped"][split] = skipped
         info[f"n_{split}"] = len(pts)
     arrays["classes"] = np.asarray(classes, dtype=np.str_)
-    _atomic_savez(Path(out), **arrays)
+    with atomic_path(out, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
     return info
 
 
@@ -83,14 +73,13 @@ def init_encoder(caches: list[str], preset: str, overrides: list[str], seed: int
     from i2p.common.checkpoint import save_checkpoint
     from i2p.stage2_pretrain import config as pcfg
     from i2p.stage2_pretrain.model import build_model
-    from i2p.stage3_eval.features import calibrate_batchnorm, dataset_clouds, resolve_device
+    from i2p.common.device import resolve_device
+    from i2p.stage3_eval.features import calibrate_batchnorm, dataset_clouds
     from i2p.stage3_eval.runner import default_points, open_splits
 
     cfg = pcfg.resolve(preset, overrides, seed=seed)
     attrs = open_many_for_training(list(caches), cfg.data.points)
-    s = attrs[0]["settings"]
-    cfg = pcfg.replace_model(cfg, num_points=s["num_points"], views=s["views"],
-                             teacher_channels=s["feature_shape"][-1], image_size=s["image_size"])
+    cfg = pcfg.fit_to_cache(cfg, attrs[0]["settings"])
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # what i2p pretrain does right before build_model

@@ -8,8 +8,8 @@ pipeline uses, so a figure cannot drift from what was trained:
   the cached ``proj``;
 * the saliency cloud, the 2D-guided draw and the propagation to finer levels are the model's
   own ``build_hierarchy`` / ``saliency_cloud`` / ``coarse_visibility`` / ``all_visibilities``,
-  driven by the generator a training step seeds for that sample:
-  ``torch.Generator().manual_seed(stable_seed("step", seed, step, index))``;
+  driven by the generator a training step seeds for that sample (``step_generators`` of
+  ``stage2_pretrain/model/rng.py``, which the training loop draws through);
 * a reconstruction runs the checkpoint's encoder, decoder and 3D head exactly as
   ``I2PMAE.forward`` does, and keeps the predictions the loss would compare.
 """
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from i2p.common.errors import UserError
-from i2p.common.geometry import stable_seed
 
 RANDOM_MODE = "random"
 GUIDED_MODE = "saliency"
@@ -74,7 +72,9 @@ class SampleViz:
 
 def step_generator(seed: int, step: int, index: int) -> torch.Generator:
     """The per-sample generator of training step ``step`` (see ``stage2_pretrain/train.py``)."""
-    return torch.Generator().manual_seed(stable_seed("step", seed, step, int(index)))
+    from i2p.stage2_pretrain.model.rng import step_generators
+
+    return step_generators(seed, step, [index])[0]
 
 
 def load_sample(cache: str, index: int) -> CacheSample:
@@ -133,48 +133,17 @@ def resolve_model_config(config: str | None, settings: dict, temperature: float 
     checkpoint file (its stored config). The cache fixes points, views, feature width and S.
     """
     from i2p.stage2_pretrain import config as pcfg
-    from i2p.stage2_pretrain.model import ModelConfig
 
-    seed = None
-    name = config or "paper"
-    data = pcfg.DataConfig()
-    aug = None
-    if name in pcfg.PRESETS:
-        run = pcfg.PRESETS[name]()
-        mcfg, data = run.model, run.data
-    else:
-        path = Path(name)
-        if path.is_dir():
-            path = path / "config.yaml"
-        if not path.is_file():
-            raise UserError(f"--config {name}: not a preset ({', '.join(pcfg.PRESETS)}), run directory, "
-                            "config.yaml or checkpoint")
-        if path.suffix in (".yaml", ".yml"):
-            run = pcfg.resolve(str(path))
-            mcfg, seed, data = run.model, run.seed, run.data
-        else:
-            from i2p.common.checkpoint import load_checkpoint
-
-            ck = load_checkpoint(path)
-            saved = ck.get("config") or {}
-            if not isinstance(saved.get("model"), dict):
-                raise UserError(f"checkpoint {path} holds no model config")
-            mcfg = ModelConfig.from_dict(dict(saved["model"]))
-            seed = saved.get("seed")
-            d = saved.get("data") or {}
-            aug = {"scale_range": (float(d.get("scale_low", data.scale_low)),
-                                   float(d.get("scale_high", data.scale_high))),
-                   "shift_range": float(d.get("shift", data.shift))}
-    if aug is None:
-        aug = {"scale_range": (data.scale_low, data.scale_high), "shift_range": data.shift}
-    changes = dict(num_points=int(settings["num_points"]), views=int(settings["views"]),
-                   teacher_channels=int(settings["feature_shape"][-1]), image_size=int(settings["image_size"]))
+    run, is_preset = pcfg.load_any(config or "paper")
+    seed = None if is_preset else run.seed
+    aug = {"scale_range": (run.data.scale_low, run.data.scale_high), "shift_range": run.data.shift}
+    changes = pcfg.cache_model_fields(settings)
     if temperature is not None:
         if not temperature > 0:
             raise UserError(f"--temperature must be positive (got {temperature})")
         changes["temperature"] = float(temperature)
     try:
-        mcfg = dataclasses.replace(mcfg, **changes)
+        mcfg = dataclasses.replace(run.model, **changes)
     except ValueError as exc:
         raise UserError(f"model config does not fit the cache ({settings['num_points']} points): {exc}") from None
     return (mcfg, seed, aug) if with_augmentation else (mcfg, seed)
@@ -232,10 +201,10 @@ def draw_masks(mcfg, sample: CacheSample, mode: str, seed: int, step: int = 0,
 def augmentation(seed: int, epoch: int, index: int, scale_range=(2 / 3, 3 / 2), shift_range: float = 0.2):
     """The (scale [1,1,3], shift [1,1,3]) that ``CacheDataset(augment=True)`` gives sample
     ``index`` in ``epoch`` (same draws, same order)."""
-    rng = np.random.default_rng(stable_seed(seed, epoch, int(index)))
-    scale = rng.uniform(*scale_range, size=(1, 3))
-    shift = rng.uniform(-shift_range, shift_range, size=(1, 3))
-    return (torch.from_numpy(scale.astype(np.float32))[None], torch.from_numpy(shift.astype(np.float32))[None])
+    from i2p.cache.reader import augmentation_params
+
+    scale, shift = augmentation_params(seed, epoch, index, scale_range, shift_range)
+    return torch.from_numpy(scale)[None], torch.from_numpy(shift)[None]
 
 
 def sample_viz(cache: str, index: int, config: str | None = "paper", seed: int | None = None, step: int = 0,
@@ -287,13 +256,11 @@ class Reconstruction:
 def load_model(ckpt: str, device: str = "cpu"):
     """(I2PMAE in eval mode, its ModelConfig, checkpoint dict) from a pretrain checkpoint."""
     from i2p.common.checkpoint import load_checkpoint, load_model_state
-    from i2p.stage2_pretrain.model import ModelConfig, build_model
+    from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.model import build_model
 
     ck = load_checkpoint(ckpt)
-    saved = ck.get("config") or {}
-    if not isinstance(saved.get("model"), dict):
-        raise UserError(f"checkpoint {ckpt} holds no model config")
-    mcfg = ModelConfig.from_dict(dict(saved["model"]))
+    mcfg = pcfg.from_saved(ck.get("config") or {}, f"checkpoint {ckpt}").model
     model = build_model(mcfg)
     load_model_state(model, ck["model"], what=f"checkpoint {ckpt}")
     return model.to(device).eval(), mcfg, ck

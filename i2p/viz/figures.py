@@ -56,29 +56,18 @@ def _view_title(v: int, axes) -> str:
     return f"view {v}: rows {AXIS_NAMES[a]}, cols {AXIS_NAMES[b]}, depth {AXIS_NAMES[d]}"
 
 
-def sample_figure(viz: SampleViz):
-    """Depth images, saliency overlays, the saliency cloud, the draw probabilities, and the
-    visible/masked tokens of every level for a 2D-guided and a random draw."""
-    from matplotlib import colormaps
-
-    from i2p.stage1_project.projection import VIEW_AXES, pixel_indices
-
+def _image_rows(fig, gs, viz: SampleViz, axes: list[tuple]) -> None:
+    """Rows 1-2: the stage-1 images, then the teacher's saliency over them with the coarse
+    centres (filled = visible in the 2D-guided draw)."""
     import torch
 
-    s = viz.sample
-    nv = viz.images.shape[0]
-    nlev = len(viz.guided.visible)
-    cols = max(nv, nlev, 3)
-    fig = _figure((4.2 * cols, 4.1 * 5))
-    gs = fig.add_gridspec(5, cols, hspace=0.38, wspace=0.28, top=0.94, bottom=0.02)
-    axes = [tuple(a) for a in s.settings.get("view_axes", VIEW_AXES)]
+    from i2p.stage1_project.projection import pixel_indices
 
-    # Rows 1-2: the stage-1 images, then the teacher's saliency over them.
     size = viz.images.shape[-1]
     pix = pixel_indices(torch.from_numpy(viz.coarse_centers)[None], torch.from_numpy(viz.proj)[None],
                         size=size, views=axes)[0].numpy()  # [V, G, 2]
     vis_top = viz.guided.visible[-1]
-    for v in range(nv):
+    for v in range(viz.images.shape[0]):
         ax = fig.add_subplot(gs[0, v])
         ax.imshow(viz.images[v], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", gid=f"depth-v{v}")
         ax.set_title(_view_title(v, axes[v]) + "\nsigmoid(depth): the teacher's input", fontsize=9)
@@ -99,8 +88,10 @@ def sample_figure(viz: SampleViz):
         ax.set_xticks([])
         ax.set_yticks([])
 
-    # Row 3: input cloud, saliency cloud, draw probabilities.
-    lim = _limit(s.points[0].numpy())
+
+def _cloud_row(fig, gs, viz: SampleViz, lim: float) -> None:
+    """Row 3: input cloud, saliency cloud, draw probabilities."""
+    s = viz.sample
     ax = _axes3d(fig, gs[2, 0], f"input: {s.points.shape[1]} points (cached)", lim)
     _scatter(ax, s.points[0].numpy(), "input-points", s=1.5, c="#555555", alpha=0.6)
     ax = _axes3d(fig, gs[2, 1], f"saliency cloud: {len(viz.saliency_cloud)} coarse centres\n"
@@ -121,11 +112,15 @@ def sample_figure(viz: SampleViz):
     ax.set_xlabel("coarse token (most salient first)", fontsize=8)
     ax.set_ylabel("draw probability", fontsize=8)
     ax.tick_params(labelsize=7)
-    cmap = colormaps["gray"]
 
-    # Rows 4-5: visible/masked tokens per level, 2D-guided then random.
+
+def _mask_rows(fig, gs, viz: SampleViz, lim: float) -> None:
+    """Rows 4-5: visible/masked tokens per level, 2D-guided then random."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["gray"]
     for row, draw in ((3, viz.guided), (4, viz.random)):
-        for lvl in range(nlev):
+        for lvl in range(len(draw.visible)):
             vis = draw.visible[lvl]
             ctr = draw.centers[lvl]
             who = f"seed {viz.seed}" if draw is viz.guided else f"seed {viz.seed + 1}"
@@ -135,6 +130,20 @@ def sample_figure(viz: SampleViz):
             _scatter(ax, ctr[~vis], f"{draw.mode}-l{lvl + 1}-masked", s=size_pt, c=[cmap(0.8)], alpha=0.35)
             _scatter(ax, ctr[vis], f"{draw.mode}-l{lvl + 1}-visible", s=size_pt * 1.6, c=COLORS[draw.mode])
 
+
+def sample_figure(viz: SampleViz):
+    """Depth images, saliency overlays, the saliency cloud, the draw probabilities, and the
+    visible/masked tokens of every level for a 2D-guided and a random draw."""
+    from i2p.stage1_project.projection import VIEW_AXES
+
+    s = viz.sample
+    cols = max(viz.images.shape[0], len(viz.guided.visible), 3)
+    fig = _figure((4.2 * cols, 4.1 * 5))
+    gs = fig.add_gridspec(5, cols, hspace=0.38, wspace=0.28, top=0.94, bottom=0.02)
+    _image_rows(fig, gs, viz, [tuple(a) for a in s.settings.get("view_axes", VIEW_AXES)])
+    lim = _limit(s.points[0].numpy())
+    _cloud_row(fig, gs, viz, lim)
+    _mask_rows(fig, gs, viz, lim)
     frame = "augmented frame of that step" if viz.augmented else "original frame"
     n_vis, n_top = int(viz.guided.visible[-1].sum()), len(viz.guided.visible[-1])
     fig.suptitle(f"{s.sample_id}  (cache index {s.index}, label {s.label}; teacher {s.settings.get('teacher', '?')})\n"

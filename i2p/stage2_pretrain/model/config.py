@@ -8,9 +8,10 @@ smoke runs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from i2p.common import config as cfgutil
 
 MASK_MODES = ("saliency", "random")
 TARGETS = ("2d3d", "3d")
@@ -184,19 +185,15 @@ class ModelConfig:
         # before the cache is opened); build_model refuses it.
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return cfgutil.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        """The config a checkpoint stores; ValueError names an unknown or ill-typed field."""
         d = dict(d)
         if "balance_ratio" in d and "balance_warmup" not in d:
             d["balance_warmup"] = 0.0  # a run saved before the warm-up existed resumes as it ran
-        return cls(**d)
+        try:
+            return cfgutil.from_dict(cls, d)
+        except cfgutil.ConfigError as exc:
+            raise ValueError(str(exc)) from None

@@ -126,6 +126,27 @@ class I2PMAE(nn.Module):
         without saliency), ``saliency`` [B, G_top] (or absent), ``visible_mask_l{1,2,3}``
         [B, G_l] bool, and ``num_visible_l{1,2,3}`` (mean count, float).
         """
+        h, sal, vis_top, vis, enc, x = self._mask_and_decode(points, view_saliency, proj, scale, shift, generator)
+        masked = ~vis[self.cfg.head_level]
+        loss_3d = self._loss_3d(x, masked, h, points.shape[0])
+        out = self._objective(loss_3d, x, ~masked, enc, points, h, view_features, proj, global_target,
+                              global_bank, global_rows, progress)
+        out["head_features"] = x
+        nan = torch.full((), float("nan"), device=points.device)
+        out["sal_visible"] = masked_mean(sal, vis_top) if sal is not None else nan
+        out["sal_masked"] = masked_mean(sal, ~vis_top) if sal is not None else nan
+        if sal is not None:
+            out["saliency"] = sal
+        for i, v in enumerate(vis):
+            out[f"visible_mask_l{i + 1}"] = v
+            out[f"num_visible_l{i + 1}"] = v.sum(dim=1).float().mean()
+        return out
+
+    def _mask_and_decode(self, points, view_saliency, proj, scale, shift, generator):
+        """Group the augmented cloud, draw the visible tokens (2D-guided or random), encode
+        them and decode to the head level; returns ``(hierarchy, saliency cloud or None,
+        top-level visibility, visibility per level, encoder outputs, head features)``. The
+        generator is used in this order: FPS start, the draw, the encoder, the decoder."""
         cfg = self.cfg
         seen = points
         if scale is not None:
@@ -134,7 +155,6 @@ class I2PMAE(nn.Module):
             seen = seen + shift
         h = self.encoder.group(seen, generator)
         bsz, top = points.shape[0], cfg.num_levels - 1
-
         sal = None
         if view_saliency is not None and proj is not None:
             sal = saliency_cloud(view_saliency, points, h, proj, cfg.image_size)
@@ -142,24 +162,30 @@ class I2PMAE(nn.Module):
                                     cfg.temperature, generator, points.device)
         vis = all_visibilities(vis_top, h.groups, cfg.num_groups)
         enc = self.encoder.forward_hierarchy(h, vis, generator)
-        x = self.decoder(h, enc, generator)  # [B, G_head, D]
+        return h, sal, vis_top, vis, enc, self.decoder(h, enc, generator)  # head features [B, G_head, D]
 
-        lvl = cfg.head_level
-        k = cfg.group_sizes[lvl]
-        masked = ~vis[lvl]
-        if bool(masked.any()):
-            b_idx, g_idx = masked.nonzero(as_tuple=True)
-            pred = self.head_3d(x[b_idx, g_idx]).float().view(-1, k, 3)
-            per_token = chamfer_l2(pred, h.neighbors[lvl][b_idx, g_idx].float())
-            loss_3d = per_sample_mean(per_token, b_idx, bsz)
-        else:  # nothing masked at the head level (only with tiny mask ratios)
-            loss_3d = x.sum() * 0.0
+    def _loss_3d(self, x: torch.Tensor, masked: torch.Tensor, h, bsz: int) -> torch.Tensor:
+        """Chamfer-L2 of the masked head-level tokens' predicted members, per sample, averaged."""
+        lvl = self.cfg.head_level
+        k = self.cfg.group_sizes[lvl]
+        if not bool(masked.any()):  # nothing masked at the head level (only with tiny mask ratios)
+            return x.sum() * 0.0
+        b_idx, g_idx = masked.nonzero(as_tuple=True)
+        pred = self.head_3d(x[b_idx, g_idx]).float().view(-1, k, 3)
+        per_token = chamfer_l2(pred, h.neighbors[lvl][b_idx, g_idx].float())
+        return per_sample_mean(per_token, b_idx, bsz)
 
+    def _objective(self, loss_3d, x, visible, enc, points, h, view_features, proj, global_target, global_bank,
+                   global_rows, progress) -> dict[str, torch.Tensor]:
+        """L3d plus the weighted 2D terms (fixed lambda or the automatic balance), with each
+        term, its weight and the raw gradient ratio; the heads' predictions in evaluation."""
+        cfg = self.cfg
         zero = torch.zeros((), device=points.device)
         loss_2d, loss_g, w_2d, w_g, raw_2d, raw_g = zero, zero, zero, zero, zero, zero
         loss = loss_3d
+        preds: dict[str, torch.Tensor] = {}
         if cfg.use_2d:
-            loss_2d, pred_2d, target_2d = self._loss_2d(x, vis[lvl], points, h, view_features, proj)
+            loss_2d, preds["pred_2d"], preds["target_2d"] = self._loss_2d(x, visible, points, h, view_features, proj)
             auto = torch.is_grad_enabled() and x.requires_grad
             if cfg.lambda_2d is not None:
                 w_2d = torch.tensor(float(cfg.lambda_2d), device=points.device)
@@ -169,35 +195,18 @@ class I2PMAE(nn.Module):
                 w_2d = torch.ones((), device=points.device)
             loss = loss + w_2d * loss_2d
             if self.head_global is not None:
-                pooled, loss_g, pred_g = self._loss_global(enc[-1], global_target, global_bank, global_rows)
+                pooled, loss_g, preds["pred_global"] = self._loss_global(enc[-1], global_target, global_bank,
+                                                                         global_rows)
+                preds["target_global"] = global_target
                 if auto:
                     w_g, raw_g = balance_weight(loss_3d, loss_g, pooled, cfg.global_ratio, ref_at=x)
                 else:
                     w_g = torch.ones((), device=points.device)
                 loss = loss + w_g * loss_g
-        out: dict[str, torch.Tensor] = {
-            "loss": loss + self._idle_term(),
-            "loss_3d": loss_3d,
-            "loss_2d": loss_2d,
-            "loss_global": loss_g,
-            "w_2d": w_2d,
-            "w_global": w_g,
-            "grad_ratio_2d": raw_2d,
-            "grad_ratio_global": raw_g,
-            "head_features": x,
-        }
+        out = {"loss": loss + self._idle_term(), "loss_3d": loss_3d, "loss_2d": loss_2d, "loss_global": loss_g,
+               "w_2d": w_2d, "w_global": w_g, "grad_ratio_2d": raw_2d, "grad_ratio_global": raw_g}
         if cfg.use_2d and not torch.is_grad_enabled():  # evaluation (held-out R2): expose predictions
-            out["pred_2d"], out["target_2d"] = pred_2d, target_2d
-            if self.head_global is not None:
-                out["pred_global"], out["target_global"] = pred_g, global_target
-        nan = torch.full((), float("nan"), device=points.device)
-        out["sal_visible"] = masked_mean(sal, vis_top) if sal is not None else nan
-        out["sal_masked"] = masked_mean(sal, ~vis_top) if sal is not None else nan
-        if sal is not None:
-            out["saliency"] = sal
-        for i, v in enumerate(vis):
-            out[f"visible_mask_l{i + 1}"] = v
-            out[f"num_visible_l{i + 1}"] = v.sum(dim=1).float().mean()
+            out.update(preds)
         return out
 
     def _ramp(self, progress: float | None) -> float:

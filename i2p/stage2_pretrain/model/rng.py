@@ -14,7 +14,16 @@ from typing import Sequence, Union
 
 import torch
 
+from i2p.common.geometry import stable_seed
+
 Rng = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def step_generators(seed: int, step: int, indices, tag: str = "step") -> list[torch.Generator]:
+    """The per-sample generators of training step ``step``: one per sample, seeded by
+    ``(tag, seed, step, sample index)`` (the training loop, ``i2p viz`` and the held-out R2,
+    with ``tag="r2"``, all draw through this)."""
+    return [torch.Generator().manual_seed(stable_seed(tag, seed, step, int(i))) for i in indices]
 
 
 def uniform(shape: tuple[int, ...], rng: Rng, device: torch.device | str) -> torch.Tensor:

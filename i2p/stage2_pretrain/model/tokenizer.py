@@ -42,12 +42,6 @@ class Hierarchy:
     def num_levels(self) -> int:
         return len(self.centers)
 
-    def member_point_index(self, level: int) -> torch.Tensor:
-        """[B, G_l, K_l] input-cloud indices of the members of each level-``level`` token."""
-        if level == 0:
-            return self.groups[0]
-        return gather(self.point_index[level - 1], self.groups[level])
-
     def select(self, rows: torch.Tensor | slice) -> "Hierarchy":
         """The hierarchy of a subset of the batch (used to check batch independence)."""
         pick = lambda xs: [x[rows] for x in xs]  # noqa: E731

@@ -140,7 +140,7 @@ def build_cache_dask(cfg: BuildConfig, address: str) -> BuildReport:
     import zarr
     from dask.distributed import wait
 
-    from i2p.cluster.signals import StopOnSignal
+    from i2p.common.signals import StopOnSignal
 
     if cfg.teacher_weights == "random":
         import warnings

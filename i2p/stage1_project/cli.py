@@ -53,7 +53,7 @@ def build(
     if projection not in ("sum", "zbuffer"):
         raise UserError(f"--projection must be sum or zbuffer (got {projection!r})")
     if dask:
-        from i2p.cluster.dask_build import build_cache_dask
+        from i2p.stage1_project.dask_build import build_cache_dask
 
         report = build_cache_dask(cfg, dask)
     else:

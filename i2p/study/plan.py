@@ -1,0 +1,244 @@
+"""The ablation study's job graph: every job as the ``i2p`` command a person could type, with
+the check that says it is done and the jobs it waits for (run by :mod:`i2p.study.runner`).
+
+Jobs: ``data/seedS`` (``i2p study materialize``: the eval clouds of seed S, once), ``masking``
+(``i2p study masking``), ``init/V/seedS`` (``i2p study init-encoder``: the random-init
+baseline), ``pretrain/V/seedS`` (``i2p pretrain ... --seed S``), ``svm/V/seedS`` and
+``fewshot/V/seedS`` (``i2p eval svm|fewshot --seed S``).
+
+Done rule: the outputs are complete AND were made by the same command (recorded in
+``DIR/study.json``): a pretrain run when its ``last.ckpt`` reached the planned step count; an
+evaluation when its ``result.json`` exists and names the sha256 of the checkpoint that is there
+now. A pretrain run directory made by a different command is refused (its task's ``guard``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from i2p.common.atomic import read_json
+from i2p.common.errors import UserError
+from i2p.study.config import StudyConfig, Variant, resolve_pretrain
+
+STATE = "study.json"
+
+
+class StudyError(UserError):
+    pass
+
+
+@dataclass
+class Task:
+    id: str
+    kind: str
+    argv: list[str]  # after "python -m i2p"
+    deps: list[str] = field(default_factory=list)
+    done: Callable[[], bool] = lambda: False
+    guard: Callable[[], None] | None = None  # raises StudyError when outputs clash
+    order: tuple = ()
+
+    @property
+    def command(self) -> str:
+        return "i2p " + " ".join(shlex.quote(a) for a in self.argv)
+
+
+# ---------------------------------------------------------------- layout
+class Layout:
+    def __init__(self, out: str | Path):
+        self.root = Path(os.path.abspath(out))
+
+    def run(self, variant: str, seed: int) -> Path:
+        return self.root / "runs" / variant / f"seed{seed}"
+
+    def pretrain(self, variant: str, seed: int) -> Path:
+        return self.run(variant, seed) / "pretrain"
+
+    def init_ckpt(self, variant: str, seed: int) -> Path:
+        return self.run(variant, seed) / "init.ckpt"
+
+    def ckpt(self, variant: Variant, seed: int) -> Path:
+        return (self.pretrain(variant.name, seed) / "last.ckpt") if variant.pretrain \
+            else self.init_ckpt(variant.name, seed)
+
+    def result(self, protocol: str, variant: str, seed: int) -> Path:
+        return self.run(variant, seed) / protocol / "result.json"
+
+    def eval_data(self, seed: int) -> Path:
+        return self.root / "eval-data" / f"seed{seed}.npz"
+
+    @property
+    def masking(self) -> Path:
+        return self.root / "masking.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE
+
+
+# ---------------------------------------------------------------- small utilities
+def ckpt_step(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        from i2p.common.checkpoint import load_checkpoint
+
+        return int(load_checkpoint(path).get("step", -1))
+    except Exception:  # noqa: BLE001 - unreadable = not done
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    from i2p.common.checkpoint import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
+
+
+def planned_steps(study: StudyConfig, variant: Variant, seed: int) -> int:
+    """Steps ``i2p pretrain`` will run for this variant: epochs x (valid samples // batch),
+    capped by ``pretrain.max_steps``."""
+    from i2p.cache.reader import CacheDataset
+    from i2p.stage2_pretrain.sampler import EpochBatchSampler
+
+    cfg = resolve_pretrain(study, variant, seed)
+    n = sum(len(CacheDataset(c, with_targets=False)) for c in study.pretrain.caches)
+    total = EpochBatchSampler.steps_per_epoch(n, cfg.optim.batch_size) * cfg.optim.epochs
+    return total if study.pretrain.max_steps is None else min(total, study.pretrain.max_steps)
+
+
+def eval_spec(study: StudyConfig, layout: Layout, seed: int) -> str:
+    return f"npz:{layout.eval_data(seed)}" if study.eval.materialize else study.eval.data
+
+
+def pretrain_overrides(study: StudyConfig, variant: Variant) -> list[str]:
+    sets = study.pretrain_overrides(variant)
+    if not any(s.split("=", 1)[0].strip() == "log.progress" for s in sets):
+        sets = sets + ["log.progress=false"]  # the log goes to a file: no progress bar
+    return sets
+
+
+# ---------------------------------------------------------------- the job graph
+def _flag(name: str, values) -> list[str]:
+    return sum(([name, str(v)] for v in values), [])
+
+
+class _Planner:
+    """Builds the tasks of one study; ``state`` is the live record (a job launched by this
+    invocation is recorded at launch), ``recorded`` the commands before this invocation."""
+
+    def __init__(self, study: StudyConfig, layout: Layout, state: dict):
+        self.study, self.layout, self.state = study, layout, state
+        self.recorded = {k: v.get("argv") for k, v in state.get("tasks", {}).items()}
+        # absolute but NOT symlink-resolved: the command should name the paths the config names
+        self.caches = [c if "://" in c else os.path.abspath(c) for c in study.pretrain.caches]
+        self.tasks: list[Task] = []
+
+    def same_argv(self, tid: str, argv: list[str]) -> bool:
+        return (self.state.get("tasks", {}).get(tid) or {}).get("argv") == argv
+
+    def eval_data(self, seed: int) -> Path | None:
+        """The materialized eval clouds of ``seed`` (None when the eval reads its spec itself)."""
+        return self.layout.eval_data(seed) if self.study.eval.materialize else None
+
+    def data_tasks(self) -> None:
+        ev = self.study.eval
+        for s in self.study.seeds if ev.materialize else ():
+            tid, path = f"data/seed{s}", self.layout.eval_data(s)
+            argv = ["study", "materialize", "--data", ev.data, "--points", str(ev.points or 1024),
+                    "--seed", str(s), "--out", str(path)]
+            self.tasks.append(Task(tid, "data", argv, order=(s,),
+                                   done=lambda p=path, t=tid, a=argv: p.is_file() and self.same_argv(t, a)))
+
+    def masking_task(self) -> None:
+        study, out = self.study, self.layout.masking
+        argv = ["study", "masking", "--config", os.path.abspath(study.source) if study.source else "",
+                "--out", str(out)]
+        fingerprint = study.fingerprint()
+
+        def done():
+            data = read_json(out)
+            return bool(data) and data.get("study_fingerprint") == fingerprint and self.same_argv("masking", argv)
+
+        if study.source and study.masking.samples > 0:
+            self.tasks.append(Task("masking", "masking", argv, done=done, order=(0,)))
+
+    def pretrain_task(self, v: Variant, s: int, sets: list[str], order: tuple) -> str:
+        study, tid = self.study, f"pretrain/{v.name}/seed{s}"
+        run, ckpt = self.layout.pretrain(v.name, s), self.layout.ckpt(v, s)
+        argv = ["pretrain", *_flag("--cache", self.caches), "--out", str(run), "--config", study.pretrain.preset,
+                *_flag("--set", sets), "--seed", str(s)]
+        if study.pretrain.max_steps is not None:
+            argv += ["--max-steps", str(study.pretrain.max_steps)]
+        want = planned_steps(study, v, s)
+
+        def done():
+            step = ckpt_step(ckpt)
+            return step is not None and step >= want and self.same_argv(tid, argv)
+
+        def guard():
+            if ckpt.exists() and self.recorded.get(tid) not in (None, argv):
+                raise StudyError(f"{run} was made by another command than this study now runs "
+                                 f"(settings changed?): use a fresh --out or remove that directory")
+
+        self.tasks.append(Task(tid, "pretrain", argv, done=done, guard=guard, order=order))
+        return tid
+
+    def init_task(self, v: Variant, s: int, sets: list[str], order: tuple) -> str:
+        study, ev, tid = self.study, self.study.eval, f"init/{v.name}/seed{s}"
+        ckpt, data = self.layout.ckpt(v, s), self.eval_data(s)
+        argv = ["study", "init-encoder", *_flag("--cache", self.caches), "--preset", study.pretrain.preset,
+                *_flag("--set", sets), "--seed", str(s), "--calib-data", eval_spec(study, self.layout, s),
+                "--points", str(ev.points or 0), "--batch-size", str(ev.batch_size), "--out", str(ckpt)]
+
+        def done():
+            if not ckpt.is_file() or not self.same_argv(tid, argv):
+                return False
+            return data is None or (data.is_file() and data.stat().st_mtime <= ckpt.stat().st_mtime)
+
+        self.tasks.append(Task(tid, "init", argv, deps=[f"data/seed{s}"] if data else [], done=done, order=order))
+        return tid
+
+    def eval_tasks(self, v: Variant, s: int, ck_dep: str, order: tuple) -> None:
+        ev, fs, data = self.study.eval, self.study.eval.fewshot, self.eval_data(s)
+        ckpt = self.layout.ckpt(v, s)
+        common = ["--ckpt", str(ckpt), "--data", eval_spec(self.study, self.layout, s), "--pool", ev.pool,
+                  "--seed", str(s), "--batch-size", str(ev.batch_size), "--no-progress"]
+        if ev.points:
+            common += ["--points", str(ev.points)]
+        protocols = {"svm": ["--C", str(ev.svm.C), "--cv-folds", str(ev.svm.cv_folds)],
+                     "fewshot": ["--way", str(fs.way), "--shot", str(fs.shot), "--query", str(fs.query),
+                                 "--folds", str(fs.folds), "--C", str(fs.C)]}
+        for proto, extra in protocols.items():
+            tid, res = f"{proto}/{v.name}/seed{s}", self.layout.result(proto, v.name, s)
+            argv = ["eval", proto, *common, *extra, "--out", str(res.parent)]
+
+            def done(r=res, t=tid, a=argv):
+                found = read_json(r)
+                if not found or not self.same_argv(t, a):
+                    return False
+                if data is not None and (not data.is_file() or data.stat().st_mtime > r.stat().st_mtime):
+                    return False  # the eval clouds were re-made after this result
+                return (found.get("checkpoint") or {}).get("sha256") == _sha256(ckpt)
+
+            deps = [ck_dep] + ([f"data/seed{s}"] if data else [])
+            self.tasks.append(Task(tid, proto, argv, deps=deps, done=done, order=order))
+
+
+def plan(study: StudyConfig, layout: Layout, state: dict) -> list[Task]:
+    """Every job of the study, with its done-check and its dependencies."""
+    p = _Planner(study, layout, state)
+    p.data_tasks()
+    p.masking_task()
+    for s in study.seeds:
+        for vi, v in enumerate(study.variants):
+            sets = pretrain_overrides(study, v)
+            make = p.pretrain_task if v.pretrain else p.init_task
+            p.eval_tasks(v, s, make(v, s, sets, (s, vi)), (s, vi))
+    return p.tasks
