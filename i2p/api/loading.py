@@ -61,8 +61,12 @@ def config_from_architecture(arch: dict) -> Any:
 
 
 def build_network(cfg: Any, what: str) -> torch.nn.Module:
+    """An encoder to load weights into. Its throw-away random init runs on a forked RNG, so
+    loading an encoder never moves the caller's random stream (fine-tuning seeds its head
+    right before loading: checkpoint and export then give the same run)."""
     try:
-        return _model().HierarchicalEncoder(cfg)
+        with torch.random.fork_rng(devices=[]):
+            return _model().HierarchicalEncoder(cfg)
     except Exception as exc:  # noqa: BLE001 - inconsistent sizes in a stored config
         raise CheckpointError(f"{what}: cannot build its encoder ({type(exc).__name__}: {exc})") from None
 

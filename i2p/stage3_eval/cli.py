@@ -20,7 +20,7 @@ app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: line
                        "kNN, fine-tune; compare results.", no_args_is_help=True)
 console = Console()
 
-CKPT = typer.Option(..., "--ckpt", help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
+CKPT = typer.Option(..., "--ckpt", help="checkpoint file, run directory (its last.ckpt), `i2p export` directory, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
 DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
 POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN and teacher:NAME, else 1024)")
 POOL = typer.Option(None, "--pool", help="token pooling: max | meanmax (default: max; meanmax for teacher:NAME)")
@@ -84,7 +84,7 @@ def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
             device: str = DEVICE, batch_size: int = BATCH, preset: str = PRESET,
             progress: bool = PROGRESS) -> None:
-    """kNN probe (cosine, faiss) on frozen features."""
+    """kNN probe (exact cosine: faiss when installed, else torch) on frozen features."""
     from i2p.stage3_eval import runner
 
     _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, pool, k, vote, seed, device, batch_size,
