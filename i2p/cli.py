@@ -81,6 +81,7 @@ def _mount() -> None:
     from i2p.report.cli import report; app.command("report")(report)  # noqa: E702
     from i2p.demo import demo; app.command("demo")(demo)  # noqa: E702
     from i2p.official.cli import convert; app.command("convert")(convert)  # noqa: E702
+    from i2p.api.cli import embed, export; app.command("export")(export); app.command("embed")(embed)  # noqa: E702
 
 
 @app.command()

@@ -83,7 +83,8 @@ def init_encoder(caches: list[str], preset: str, overrides: list[str], seed: int
     from i2p.common.checkpoint import save_checkpoint
     from i2p.stage2_pretrain import config as pcfg
     from i2p.stage2_pretrain.model import build_model
-    from i2p.stage3_eval.features import calibrate_batchnorm, dataset_clouds, resolve_device
+    from i2p.common.device import resolve_device
+    from i2p.stage3_eval.features import calibrate_batchnorm, dataset_clouds
     from i2p.stage3_eval.runner import default_points, open_splits
 
     cfg = pcfg.resolve(preset, overrides, seed=seed)
