@@ -38,6 +38,8 @@ LAYERS = {
     "cache": 1,
     "stage1_project": 2,
     "stage2_pretrain": 3,
+    "api": 3.5,  # the Encoder every stage-3 protocol uses (and users import)
+    "official": 3.7,  # official checkpoints -> api exports
     "stage3_eval": 4,
     "viz": 5,
     "report": 6, "study": 6,

@@ -11,7 +11,9 @@ import torch
 from i2p.common.checkpoint import CheckpointError, save_checkpoint
 from i2p.common.datasets import create_dataset
 from i2p.stage2_pretrain.model import ModelConfig, build_model
-from i2p.stage3_eval.features import extract_features, load_encoder, model_config_for
+from i2p.api.encoder import normalize_clouds
+from i2p.api.loading import load_encoder, model_config_for
+from i2p.stage3_eval.features import extract_features
 
 SPEC = "builtin:primitives?n_train=2&n_test=1"
 POINTS = 256  # >= tiny's 256 level-1 groups; keeps a CPU forward pass cheap
@@ -23,7 +25,7 @@ def random_encoder():
 
 
 def test_random_encoder_features_finite(random_encoder):
-    model, info = random_encoder
+    model, info = random_encoder, random_encoder.info
     assert info["checkpoint"] == "random" and info["model_config"]["enc_dims"][-1] == 192
     ds = create_dataset(SPEC, "test", num_points=POINTS, seed=0)
     X, y, ids = extract_features(model, ds, batch_size=8, device="cpu", pool="max", progress=False)
@@ -36,8 +38,8 @@ def test_random_encoder_features_finite(random_encoder):
 
 
 def test_random_init_is_seeded():
-    a, _ = load_encoder("random", "cpu", seed=3)
-    b, _ = load_encoder("random", "cpu", seed=3)
+    a = load_encoder("random", "cpu", seed=3)
+    b = load_encoder("random", "cpu", seed=3)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
 
@@ -46,16 +48,18 @@ def _save(path, cfg, model):
     save_checkpoint({"model": model.state_dict(), "config": {"model": cfg.to_dict()}, "epoch": 1}, path)
 
 
-def test_checkpoint_round_trip_and_errors(tmp_path, random_encoder):
-    model, _ = random_encoder
+def test_checkpoint_round_trip_and_errors(tmp_path):
     cfg = model_config_for("tiny")
+    model = build_model(cfg).eval()
     good = tmp_path / "good.ckpt"
     _save(good, cfg, model)
-    loaded, info = load_encoder(str(good), "cpu")
+    loaded = load_encoder(str(good), "cpu")
+    info = loaded.info
     assert info["sha256"] and info["epoch"] == 1
     x = torch.from_numpy(create_dataset(SPEC, "test", num_points=POINTS, seed=0).load(0).points)[None]
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(x), model.encode(x))
+    with torch.no_grad():  # the Encoder centres and scales the cloud it is given, then runs the same network
+        torch.testing.assert_close(loaded.encode(x), model.encode(normalize_clouds(x)))
+        torch.testing.assert_close(load_encoder(str(good), "cpu", normalize=False).encode(x), model.encode(x))
 
     other = ModelConfig.tiny(enc_dims=(48, 96, 96), dec_dims=(96, 96), targets="3d")
     bad = tmp_path / "bad.ckpt"

@@ -83,6 +83,29 @@ def test_knn_blobs_and_random():
     assert run_knn(Xtr, ytr, Xte, yte, k=1000)["k_used"] == len(ytr)
 
 
+def test_knn_without_faiss_gives_the_same_neighbours(monkeypatch):
+    """faiss is optional: with its import made to fail, the exact torch search finds the same
+    neighbours (random features: no ties) and the same predictions."""
+    import sys
+
+    from i2p.stage3_eval import knn
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 24)).astype(np.float32)
+    y = rng.integers(0, 5, size=300)
+    s_f, i_f, b_f = knn.search(X[:200], X[200:], 10)
+    res_f = run_knn(X[:200], y[:200], X[200:], y[200:], k=10, vote_mode="weighted")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    s_t, i_t, b_t = knn.search(X[:200], X[200:], 10)
+    res_t = run_knn(X[:200], y[:200], X[200:], y[200:], k=10, vote_mode="weighted")
+    assert b_f == "faiss-cpu" and b_t.startswith("torch-exact") and res_t["backend"] == b_t
+    np.testing.assert_array_equal(i_f, i_t)
+    np.testing.assert_allclose(s_f, s_t, atol=1e-5)
+    np.testing.assert_array_equal(res_f["predictions"], res_t["predictions"])
+    assert res_f["accuracy"] == res_t["accuracy"]
+
+
 # ------------------------------------------------------------------ few-shot
 def test_episodes_deterministic_and_disjoint():
     y = np.repeat(np.arange(8), 40)

@@ -22,13 +22,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import official_reference as ref  # noqa: E402
 
+from i2p.api.export import read_export, write_export  # noqa: E402
+from i2p.api.loading import load_encoder  # noqa: E402
 from i2p.common.errors import UserError  # noqa: E402
 from i2p.official import config as oc  # noqa: E402
 from i2p.official import keys as ok  # noqa: E402
 from i2p.official.convert import (ConversionError, convert_checkpoint, convert_state, convert_to_dir,  # noqa: E402
                                   official_state_dict, write_official_checkpoint)
 from i2p.official.eval import official_embed, official_outputs, pool_tokens  # noqa: E402
-from i2p.official.export import read_export_dir, write_export_dir  # noqa: E402
 from i2p.official.params import (PAPER_ENCODER_PARAMETERS, count_parameters, official_encoder_parameters,  # noqa: E402
                                  official_encoder_shapes)
 from i2p.stage2_pretrain.model import HierarchicalEncoder, ModelConfig  # noqa: E402
@@ -80,11 +81,15 @@ def test_convert_small_fixture_matches_official_at_every_level(tmp_path):
     cfg_file = FIX / "small" / "config.json"
     out = convert_to_dir(FIX / "small" / "state_dict.pt", "i2p-mae", tmp_path / "export", cfg_file)
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
-    config = json.loads((out / "config.json").read_text())
-    assert config["format"] == "i2p.encoder/1" and config["pooling"] == "max" and config["normalize"] is False
-    assert config["model"]["eval_mode"] == "official" and config["model"]["token_merge"] == "official"
+    config = json.loads((out / "config.json").read_text())  # the one export format (i2p.api.export)
+    assert config["format"] == "i2p-encoder-1" and config["pooling"] == "max"
+    assert config["normalization"]["enabled"] is False
+    for part in ("architecture", "model_config"):
+        assert config[part]["eval_mode"] == "official" and config[part]["token_merge"] == "official", part
     assert config["provenance"]["converted_from"] == "i2p-mae"
-    encoder, cfg, _ = read_export_dir(out)
+    enc = load_encoder(out, "cpu")  # the one loader
+    assert enc.pool == "max" and enc.normalize is False and enc.config.eval_mode == "official"
+    encoder = enc.network
     points = _load("inputs.pt")["points"]
     expected = _load("outputs.pt")
     feature, levels = official_embed(encoder, points)
@@ -92,6 +97,8 @@ def test_convert_small_fixture_matches_official_at_every_level(tmp_path):
     _compare_levels(levels, expected)
     # the ordinary feature path (what embed() and stage 3 use) gives the same vector
     assert (encoder(points)[-1].tokens.amax(dim=1) - expected["svm_feature"]).abs().max().item() <= TOL
+    assert (enc.embed(points, normalize=False) - expected["svm_feature"]).abs().max().item() <= TOL
+    assert (enc.embed(points) - expected["svm_feature"]).abs().max().item() <= TOL  # the export's own default
     # the flat layout of outputs.pt, with the packed tokens (compared on real rows only)
     flat = official_outputs(encoder, points)
     assert set(expected) <= set(flat)
@@ -117,15 +124,36 @@ def test_reference_model_matches_the_fixture():
 
 @needs_fixture
 def test_stage3_loads_an_export_directory(tmp_path):
-    from i2p.stage3_eval.features import load_encoder
-    from i2p.stage3_eval.runner import default_pool
+    from i2p.stage3_eval.features import extract_features
+    from i2p.stage3_eval.runner import default_pool, encoder_for
 
     out = convert_to_dir(FIX / "small" / "state_dict.pt", "i2p-mae", tmp_path / "e", FIX / "small" / "config.json")
-    model, info = load_encoder(str(out))
-    assert info["model_config"]["eval_mode"] == "official" and default_pool(str(out), None) == "max"
+    stored = read_export(out)[0]
+
+    def no_calibration():
+        raise AssertionError("an official encoder must keep its stored BatchNorm statistics")
+
+    enc, info = encoder_for(str(out), "cpu", "tiny", 0, no_calibration, 4)  # what every protocol calls
+    assert info["model_config"]["eval_mode"] == "official" and info["bn_calibration_shapes"] == 0
+    assert default_pool(str(out), None) == "max"
+    assert all(torch.equal(v, stored[k]) for k, v in enc.state_dict().items())  # statistics untouched
     points, expected = _load("inputs.pt")["points"], _load("outputs.pt")
-    with torch.no_grad():
-        assert (model.encode(points).amax(dim=1) - expected["svm_feature"]).abs().max().item() <= TOL
+
+    class _Cloud:  # a one-cloud data set in the readers' interface
+        def __init__(self, i):
+            self.points, self.label, self.id = points[i].numpy(), 0, str(i)
+
+    class _Data:
+        ids, split = [str(i) for i in range(points.shape[0])], "test"
+
+        def __len__(self):
+            return points.shape[0]
+
+        def load(self, i):
+            return _Cloud(i)
+
+    X = extract_features(enc, _Data(), batch_size=points.shape[0], pool=default_pool(str(out), None), progress=False).X
+    assert abs(X - expected["svm_feature"].numpy()).max() <= TOL
 
 
 @needs_fixture
@@ -323,8 +351,10 @@ def test_released_layout_converts_and_embeds(tmp_path, source, manifest):
     ckpt = tmp_path / "ckpt.pth"
     _released_checkpoint(m, ckpt, seed=7)
     out = convert_to_dir(ckpt, source, tmp_path / "export")  # no --model-config: the paper config
-    encoder, cfg, config = read_export_dir(out)
-    assert config["pooling"] == oc.OFFICIAL_POOLING[source]
+    _, config = read_export(out)
+    enc = load_encoder(out, "cpu")
+    encoder = enc.network
+    assert config["pooling"] == oc.OFFICIAL_POOLING[source] == enc.pool
     from i2p.stage3_eval.runner import default_pool
 
     assert default_pool(str(out), None) == config["pooling"]
@@ -334,6 +364,8 @@ def test_released_layout_converts_and_embeds(tmp_path, source, manifest):
     points = _clouds(seed=1, n=2, points=2048)
     feature, _ = official_embed(encoder, points, pooling=config["pooling"])
     assert feature.shape == (2, 384) and torch.isfinite(feature).all()
+    assert config["embedding_dim"] == enc.dim == 384
+    assert (enc.embed(points, normalize=False) - feature).abs().max().item() <= TOL
     # the same file without the module. prefix (a DistributedDataParallel run) converts the same
     ck = torch.load(ckpt, weights_only=True)
     ck["base_model"] = ok.strip_module_prefix(ck["base_model"])
@@ -388,16 +420,37 @@ def test_official_layout_round_trip(tmp_path):
 
 
 def test_export_directory_round_trip(tmp_path):
-    cfg = ModelConfig.tiny(token_merge="official", eval_mode="official")
+    """The one writer and loader keep the whole ModelConfig (the official switches included),
+    the pooling and normalisation, and the weights bit for bit; an export of the export too."""
+    from i2p.api.export_run import export_encoder
+    from i2p.api.loading import config_from_architecture, encoder_architecture
+
+    cfg = ModelConfig.tiny(token_merge="official", eval_mode="official", official_local_radius=(0.3, 0.6, 1.2))
     encoder = HierarchicalEncoder(cfg).eval()
-    out = write_export_dir(encoder.state_dict(), cfg, tmp_path / "d", {"note": "test"}, pooling="mean_plus_max")
-    loaded, cfg2, config = read_export_dir(out)
-    assert cfg2 == cfg and config["provenance"] == {"note": "test"}
+    out = write_export(encoder.state_dict(), cfg, tmp_path / "d", {"note": "test"}, pooling="mean_plus_max",
+                       normalize=False)
+    enc = load_encoder(out, "cpu")
+    _, config = read_export(out)
+    assert enc.config == cfg and config["provenance"] == {"note": "test"}
+    assert config["architecture"]["official_local_radius"] == [0.3, 0.6, 1.2]
+    assert config_from_architecture(config["architecture"]).official_local_radius == (0.3, 0.6, 1.2)
+    assert enc.pool == "mean_plus_max" and enc.normalize is False and config["embedding_dim"] == enc.dim == 192
+    loaded = enc.network
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), encoder.state_dict().values()))
     pts = _clouds(seed=2, n=2, points=1024)
-    assert torch.equal(official_embed(loaded, pts, "mean_plus_max")[0], official_embed(encoder, pts, "mean_plus_max")[0])
+    feature = official_embed(encoder, pts, "mean_plus_max")[0]
+    assert torch.equal(official_embed(loaded, pts, "mean_plus_max")[0], feature)
+    assert (enc.embed(pts) - feature).abs().max().item() <= 1e-6
     tokens = torch.randn(2, 5, 4)
     assert torch.allclose(pool_tokens(tokens, "mean_plus_max"), tokens.mean(1) + tokens.amax(1))
+    again = export_encoder(str(out), tmp_path / "again", device="cpu")  # `i2p export` of the export
+    assert load_encoder(again, "cpu").config == cfg
+    for name in ("model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    # an architecture written before the official switches existed: i2p's own encoder
+    old = {k: v for k, v in encoder_architecture(ModelConfig.tiny()).items()
+           if k not in ("token_merge", "eval_mode", "official_local_radius")}
+    assert encoder_architecture(config_from_architecture(old)) == encoder_architecture(ModelConfig.tiny())
 
 
 def test_parameter_counts():

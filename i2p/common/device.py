@@ -7,9 +7,12 @@ import torch
 from i2p.common.errors import UserError
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) -> cuda when torch sees one, else cpu; asking for cuda without one,
+    or for an unknown device, is a one-line UserError."""
     if isinstance(name, torch.device):
         return name
+    name = "auto" if name is None else str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -14,7 +14,7 @@ FORMATS = ("i2p-mae", "point-m2ae", "i2p")
 
 def convert(
     src: Path = typer.Argument(..., help="official checkpoint file (--from i2p-mae|point-m2ae) or an i2p "
-                                         "encoder export directory (--from i2p)"),
+                                         "encoder export directory (--from i2p; what i2p.load_encoder takes)"),
     from_: str = typer.Option(..., "--from", help="i2p-mae | point-m2ae (official checkpoints) | i2p (an export directory)"),
     out: Path = typer.Option(..., "--out", help="output: export directory (model.safetensors + config.json), "
                                                 "or with --to i2p-mae|point-m2ae an official checkpoint file"),
@@ -37,22 +37,22 @@ def convert(
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     if from_ != "i2p":
+        from i2p.api.export import read_export
         from i2p.official.convert import convert_to_dir
-        from i2p.official.export import read_export_dir
 
         path = convert_to_dir(src, from_, out, model_config)
-        _, cfg, config = read_export_dir(path)
+        _, config = read_export(path)  # read back as every loader will (sha256 checked)
         prov = config["provenance"]
         typer.echo(f"converted {src} ({from_}, {prov['dropped_keys']['clip_model']} clip_model and "
                    f"{prov['dropped_keys']['decoder_and_heads']} decoder/head keys dropped): encoder "
-                   f"{prov['encoder_parameters']:,} parameters, dims {list(cfg.enc_dims)}, pooling "
-                   f"{config['pooling']} -> {path}", err=True)
+                   f"{prov['encoder_parameters']:,} parameters, dims {config['architecture']['enc_dims']}, "
+                   f"pooling {config['pooling']} -> {path}", err=True)
         return
     if model_config is not None:
         raise UserError("--model-config applies to official sources only; an export holds its own config")
+    from i2p.api.loading import load_encoder
     from i2p.official.convert import write_official_checkpoint
-    from i2p.official.export import read_export_dir
 
-    encoder, cfg, _ = read_export_dir(src)
-    path = write_official_checkpoint(encoder.state_dict(), cfg, out, source=to)
+    enc = load_encoder(src, "cpu")  # the one loader: an export directory (or an i2p checkpoint / run)
+    path = write_official_checkpoint(enc.state_dict(), enc.config, out, source=to)
     typer.echo(f"wrote the encoder of {src} in the official {to} layout -> {path}", err=True)

@@ -5,9 +5,11 @@ takes ``base_model``, strips a ``module.`` prefix (nn.DataParallel), drops ``cli
 (the CLIP teacher that I2P-MAE checkpoints carry) and the pre-training decoder and heads, maps
 the encoder names (:mod:`i2p.official.keys`) and checks them against the i2p encoder built
 from the model config: any key that does not map, is missing or has another shape stops the
-conversion with the list. :func:`convert_to_dir` writes the result as an encoder export
-(:func:`i2p.official.export.write_export_dir`). :func:`write_official_checkpoint` writes an
-encoder with the official architecture back in the official layout.
+conversion with the list. :func:`convert_to_dir` writes the result as an encoder export with
+the one export writer, :func:`i2p.api.export.write_export` (the official pooling,
+``normalize=False``; the whole ``ModelConfig``), so ``i2p.load_encoder(DIR)``, ``i2p embed`` and
+every ``i2p eval`` protocol load it like any export. :func:`write_official_checkpoint` writes
+an encoder with the official architecture back in the official layout.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class ConversionError(UserError):
 class Converted:
     state: dict[str, torch.Tensor]  # HierarchicalEncoder state dict (i2p names)
     model_config: Any  # i2p ModelConfig
-    pooling: str  # the official SVM feature of this model
+    pooling: str  # the official SVM feature of this model (an i2p.api.encoder.POOLS entry)
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,7 +111,7 @@ def convert_state(state: Mapping[str, torch.Tensor], source: str,
     state_out = {k: enc_state[k].to(own[k].dtype) for k in own}  # i2p's order and dtypes
     repo, commit = OFFICIAL_REPOS[source]
     prov = {
-        "converted_from": source, "official_repo": repo, "official_commit": commit,
+        "source": f"official {source} checkpoint", "converted_from": source, "official_repo": repo, "official_commit": commit,
         "official_model_config": section, "model_config_given": given,
         "dropped_keys": {"decoder_and_heads": len(decoder), "clip_model": len(clip)},
         "encoder_parameters": sum(v.numel() for k, v in state_out.items() if v.is_floating_point()
@@ -140,13 +142,16 @@ def convert_checkpoint(src: str | os.PathLike, source: str,
 
 def convert_to_dir(src: str | os.PathLike, source: str, out_dir: str | os.PathLike,
                    model_config: str | os.PathLike | Mapping[str, Any] | None = None) -> Path:
-    """Convert ``src`` and write the encoder export directory ``out_dir``."""
-    from i2p import __version__
-    from i2p.official.export import write_export_dir
+    """Convert ``src`` and write the encoder export directory ``out_dir``
+    (:func:`i2p.api.export.write_export`). The export records the official pooling of
+    ``source`` and ``normalize=False``: the official code feeds its clouds to the encoder as
+    they are, and i2p's own centring would move the FPS starting point away from the official
+    one (a point near the origin is skipped by the official kernel)."""
+    from i2p.api.export import write_export
 
     conv = convert_checkpoint(src, source, model_config)
-    conv.provenance["i2p_version"] = __version__
-    return write_export_dir(conv.state, conv.model_config, out_dir, conv.provenance, pooling=conv.pooling)
+    return write_export(conv.state, conv.model_config, out_dir, conv.provenance, pooling=conv.pooling,
+                        normalize=False)
 
 
 def official_state_dict(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:

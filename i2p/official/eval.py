@@ -12,21 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from i2p.common.errors import UserError
-
-POOLINGS = ("max", "meanmax", "mean_plus_max")
-
-
-def pool_tokens(tokens: torch.Tensor, pooling: str = "max") -> torch.Tensor:
-    """``[B, T, D]`` -> ``[B, D]``: ``max``, ``mean_plus_max`` (the SUM of mean and max, the
-    official Point-M2AE SVM feature) or ``[B, 2D]``: ``meanmax`` (mean and max concatenated)."""
-    if pooling == "max":
-        return tokens.amax(dim=1)
-    if pooling == "mean_plus_max":
-        return tokens.mean(dim=1) + tokens.amax(dim=1)
-    if pooling == "meanmax":
-        return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=-1)
-    raise UserError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+# The one pooling of i2p (the Encoder's, every eval protocol's): max, meanmax (concatenated)
+# and mean_plus_max (the SUM of mean and max, the official Point-M2AE SVM feature).
+from i2p.api.encoder import POOLS as POOLINGS, pool_tokens  # noqa: F401  (re-exported)
 
 
 def _encoder(model):

@@ -23,7 +23,7 @@ app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: line
                        "kNN, fine-tune; compare results.", no_args_is_help=True)
 console = Console()
 
-CKPT = typer.Option(..., "--ckpt", callback=existing_checkpoint, help="checkpoint file, 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
+CKPT = typer.Option(..., "--ckpt", callback=existing_checkpoint, help="checkpoint file, run directory (its last.ckpt), export directory (`i2p export` / `i2p convert`), 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
 DATA = typer.Option(..., "--data", help="data spec, e.g. builtin:primitives, modelnet40:DIR")
 POINTS = typer.Option(None, "--points", help="points per shape (default: 2048 ScanObjectNN and teacher:NAME, else 1024)")
 POOL = typer.Option(None, "--pool", help="token pooling: meanmax = mean and max concatenated, mean_plus_max = summed (default: max; meanmax for teacher:NAME; an export directory's own)")
@@ -87,7 +87,7 @@ def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
             device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
             progress: bool = PROGRESS) -> None:
-    """kNN probe (cosine, faiss) on frozen features."""
+    """kNN probe (exact cosine: faiss when installed, else torch) on frozen features."""
     from i2p.stage3_eval import runner
 
     _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, value(pool), k, value(vote), seed, device,

@@ -3,8 +3,10 @@
 Similarity is cosine: features are L2-normalised and searched with an exact inner-product
 index (``faiss.IndexFlatIP``), so the numbers do not depend on an approximate index's settings.
 On a CUDA device with a GPU-enabled faiss build (faiss-gpu on GPU hosts) the index is moved to
-the GPU; with faiss-cpu, or on cpu, it stays on the CPU. The choice is made at run time and
-recorded in the result.
+the GPU; with faiss-cpu, or on cpu, it stays on the CPU. Without faiss (it is an optional
+extra) the same exact search runs in torch: one matrix product per block of queries and a
+top-k, on the requested device. Both are exact, so they find the same neighbours up to ties
+between equal similarities. The backend is chosen at run time and recorded in the result.
 
 Votes among the ``k`` nearest training shapes:
 * ``majority``: the most frequent label; ties broken by the larger summed similarity.
@@ -43,10 +45,29 @@ def _faiss_index(dim: int, device: str):
     return index, backend
 
 
+def _torch_search(a: np.ndarray, b: np.ndarray, k: int, device: str, block: int = 1024):
+    """Exact inner-product top-k in torch, ``block`` queries at a time (bounded memory)."""
+    import torch
+
+    dev = torch.device(device if str(device).startswith("cuda") and torch.cuda.is_available() else "cpu")
+    ref = torch.from_numpy(a).to(dev)
+    sims, idx = [], []
+    for lo in range(0, len(b), block):
+        s = torch.from_numpy(b[lo:lo + block]).to(dev) @ ref.T
+        top = s.topk(k, dim=1, largest=True, sorted=True)
+        sims.append(top.values.cpu().numpy())
+        idx.append(top.indices.cpu().numpy())
+    return np.concatenate(sims).astype(np.float32), np.concatenate(idx).astype(np.int64), f"torch-exact ({dev.type})"
+
+
 def search(train: np.ndarray, query: np.ndarray, k: int, device: str = "cpu"):
-    """Cosine top-k: returns ``(similarities [Q,k], indices [Q,k], backend)``."""
+    """Cosine top-k: returns ``(similarities [Q,k], indices [Q,k], backend)``; faiss when it
+    imports, otherwise the exact torch search."""
     a, b = l2_normalize(train), l2_normalize(query)
-    index, backend = _faiss_index(a.shape[1], device)
+    try:
+        index, backend = _faiss_index(a.shape[1], device)
+    except ImportError:
+        return _torch_search(a, b, k, device)
     index.add(a)
     sims, idx = index.search(b, k)
     return sims, idx, backend

@@ -7,18 +7,15 @@ random-init baseline, the CV folds, few-shot episodes) and is written in the res
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
 from i2p.common.geometry import stable_seed
 from i2p.stage3_eval import fewshot as fs
-from i2p.stage3_eval.features import (
-    RANDOM, calibrate_batchnorm, dataset_clouds, extract_features, load_encoder, resolve_device,
-)
+from i2p.stage3_eval.features import dataset_clouds, extract_features
 from i2p.stage3_eval.knn import run_knn
 from i2p.stage3_eval.report import write_result
 from i2p.stage3_eval.svm import run_svm, paper_C_for
@@ -37,16 +34,17 @@ def default_points(spec: str, ckpt: str | None = None) -> int:
 
 
 def default_pool(ckpt: str, pool: str | None) -> str:
-    """``max`` (the paper's) for 3D encoders; ``meanmax`` for a teacher (SHREC'16, 5-fold CV
-    on train: meanmax 76.0%, max 73.5%, at 2048 points)."""
+    """``max`` (the paper's) for 3D encoders; an export directory's own pooling (a converted
+    Point-M2AE records ``mean_plus_max``, its official SVM feature), as ``i2p.load_encoder``
+    uses it; ``meanmax`` for a teacher (SHREC'16, 5-fold CV on train: meanmax 76.0%, max 73.5%,
+    at 2048 points)."""
     if pool:
         return pool
-    if Path(ckpt).is_dir() and (Path(ckpt) / "config.json").is_file():  # an encoder export: its pooling
-        try:
-            return str(json.loads((Path(ckpt) / "config.json").read_text()).get("pooling") or "max")
-        except ValueError:
-            return "max"
-    return "meanmax" if is_teacher_ckpt(ckpt) else "max"
+    if is_teacher_ckpt(ckpt):
+        return "meanmax"
+    from i2p.api.loading import export_pooling
+
+    return export_pooling(ckpt) or "max"
 
 
 def open_splits(spec: str, points: int, seed: int, need_test: bool = True) -> dict:
@@ -62,26 +60,33 @@ def open_splits(spec: str, points: int, seed: int, need_test: bool = True) -> di
 
 
 def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_size: int):
-    """``load_encoder`` plus BatchNorm statistics re-estimated on the protocol's own training
-    shapes, labels unused (see :func:`features.calibrate_batchnorm`); recorded in ``info``.
+    """:func:`i2p.load_encoder` (the public loader: checkpoint, run or export directory,
+    ``random``) plus BatchNorm statistics re-estimated on the protocol's own training shapes,
+    labels unused (see :func:`features.calibrate_batchnorm`); recorded in ``info``.
 
     Every encoder gets this, not only ``random``: a random init carries placeholder statistics,
     and a pre-trained one carries statistics of masked, scale-augmented clouds that do not fit
     whole, un-augmented evaluation clouds (measured: features of a short pretrain collapsed to a
     spread of 0.004 in eval mode; re-estimation took its SVM from 54% to 68%). The same
-    treatment for both keeps the pretrained-vs-random comparison fair."""
+    treatment for both keeps the pretrained-vs-random comparison fair.
+
+    The exception: an encoder with ``eval_mode='official'`` (a converted official checkpoint)
+    keeps its stored statistics, as the official evaluation does (``bn_calibration_shapes``
+    0), so its features are the official ones."""
+    from i2p.api.loading import load_encoder
     from i2p.stage3_eval.teacher_encoder import load_teacher_encoder
 
     if is_teacher_ckpt(ckpt):  # the 2D ceiling: frozen teacher, nothing to re-estimate
         model, info = load_teacher_encoder(ckpt, resolve_device(device))
         info["bn_calibration_shapes"] = 0
         return model, info
-    model, info = load_encoder(ckpt, device, preset=preset, seed=seed)
+    enc = load_encoder(ckpt, device, batch_size=batch_size, preset=preset, seed=seed)
+    info = enc.info
     if info["model_config"].get("eval_mode") == "official":  # the official computation: stored statistics
         info["bn_calibration_shapes"] = 0
-        return model, info
-    info["bn_calibration_shapes"] = calibrate_batchnorm(model, calib_clouds(), batch_size, device)
-    return model, info
+    else:
+        info["bn_calibration_shapes"] = enc.calibrate(calib_clouds(), batch_size)
+    return enc, info
 
 
 def _checkpoint_block(info: dict) -> dict:
@@ -264,8 +269,8 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
     splits = open_splits(data, points, seed)
     dev = resolve_device(device)
     torch.manual_seed(stable_seed(seed, "head"))
-    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
-    model.cpu()
+    enc, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
+    enc.to("cpu")
     n_levels = len(info["model_config"]["enc_dims"])
     if local_radii and len(local_radii) != n_levels:
         raise UserError(f"--local-radii needs {n_levels} values (one per level), got {len(local_radii)}")
@@ -278,7 +283,7 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         Xtr, ytr = Xtr[tr], ytr[tr]
     data_parts["train"] = (Xtr, ytr)
     classes = splits["train"].classes
-    clf = ft.Classifier(model.encoder, len(classes), info["model_config"]["enc_dims"][-1],
+    clf = ft.Classifier(enc.network, len(classes), info["model_config"]["enc_dims"][-1],
                         dropout=dropout, local_radii=local_radii)
     settings = {"points": points, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "weight_decay": weight_decay, "warmup_epochs": warmup, "label_smoothing": smoothing,

@@ -71,6 +71,16 @@ class TeacherEncoder:
         f = f.reshape(b, v, f.shape[1] * f.shape[2], f.shape[3])
         return f.permute(0, 2, 1, 3).flatten(2)  # [B, h*w, V*C]
 
+    def embed(self, points, pool: str = "max"):
+        """The :class:`i2p.api.Encoder` ``embed`` surface the protocols call: numpy
+        ``[B, N, 3]`` -> numpy ``[B, D]`` (torch in -> torch out). No normalisation: the
+        readers' clouds are already centred on the unit sphere, as in stage 1."""
+        from i2p.api.encoder import pool_tokens
+
+        x = points if isinstance(points, torch.Tensor) else torch.from_numpy(points)
+        out = pool_tokens(self.encode(x.float()), pool).float()
+        return out.to(x.device) if isinstance(points, torch.Tensor) else out.cpu().numpy()
+
 
 def load_teacher_encoder(ckpt: str, device, weights: str | None = None) -> tuple[TeacherEncoder, dict]:
     name = ckpt[len(PREFIX):]
