@@ -55,7 +55,8 @@ def test_loss_falls_and_run_dir_is_complete(small_cache, tmp_path):
     # test_model (here each step sees other shapes and other visible tokens, so it is noisy).
     assert sum(l3[-6:]) / 6 < 0.5 * sum(l3[:3]) / 3, l3
     assert all(r["loss"] == pytest.approx(r["loss_3d"] + r["w_2d"] * r["loss_2d"], rel=1e-5) for r in recs)
-    assert all(0 < r["w_2d"] < 10 for r in recs)  # the automatic balance
+    # the automatic balance, warmed up over the first tenth of the run (step 0: no 2D weight)
+    assert recs[0]["w_2d"] == 0 and all(0 < r["w_2d"] < 10 for r in recs[1:])
     run = tmp_path / "run"
     assert (run / "config.yaml").exists() and (run / "last.ckpt").exists() and (run / "epoch-0005.ckpt").exists()
     assert any((run / "tb").iterdir())
@@ -110,7 +111,9 @@ def test_cached_targets_equal_online_teacher_targets(small_cache):
     cached_s = torch.stack([it["saliency"] for it in items])
     cached_p = torch.stack([it["proj"] for it in items])
     assert torch.equal(cached_p, proj)
-    assert torch.equal(cached_s, s)
+    # the cache ran the teacher on batches of another size: conv reductions may then differ in
+    # the last bit with the thread count (seen with OMP_NUM_THREADS=1), hence 1e-6, not equal
+    torch.testing.assert_close(cached_s, s, rtol=0, atol=1e-6)
     torch.testing.assert_close(cached_f, f.half().float())  # stored as float16
     on = back_project(f.half().float(), points, proj)
     off = back_project(cached_f, points, cached_p)
