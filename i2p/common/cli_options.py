@@ -63,6 +63,14 @@ class Preset(Choice):
     paper = "paper"
 
 
+class FinetuneRecipe(Choice):
+    """``i2p eval finetune --recipe``: the official fine-tuning recipes (stage3_eval/finetune_presets.py)."""
+    paper_modelnet40 = "paper-modelnet40"
+    paper_scan_objbg = "paper-scan-objbg"
+    paper_scan_objonly = "paper-scan-objonly"
+    paper_scan_hardest = "paper-scan-hardest"
+
+
 class Solver(Choice):
     svc = "svc"
     liblinear = "liblinear"
