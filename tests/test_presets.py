@@ -265,3 +265,23 @@ def test_recipe_flag_on_the_command_line(tmp_path):
     s = json.loads((out / "result.json").read_text())["settings"]
     assert (s["recipe"], s["epochs"], s["points"], s["head"], s["local_radii"], s["label_smoothing"]) == \
         ("paper-scan-hardest", 1, 256, "official-concat", [0.48, 0.96, 1.92], 0.0)
+
+
+def test_cache_build_teacher_input_official(small_cache, tmp_path):
+    import zarr
+
+    from conftest import build_small_cache
+    from i2p.cache.store import open_store
+    from i2p.stage1_project.build import OFFICIAL_TEACHER_MEAN, OFFICIAL_TEACHER_STD
+
+    out = tmp_path / "official"
+    build_small_cache(out, teacher_input="official")
+    ours, off = open_store(small_cache), open_store(str(out))
+    s = off.attrs["settings"]
+    assert (s["teacher_mean"], s["teacher_std"]) == (list(OFFICIAL_TEACHER_MEAN), list(OFFICIAL_TEACHER_STD))
+    assert ours.attrs["settings"]["teacher_mean"] == [0.5, 0.5, 0.5]  # the test teacher's own
+    np.testing.assert_array_equal(np.asarray(ours["points"][0]), np.asarray(off["points"][0]))
+    assert not np.allclose(np.asarray(ours["features"][0]), np.asarray(off["features"][0]))
+    assert isinstance(off, zarr.Group)
+    with pytest.raises(Exception, match="teacher-input"):
+        build_small_cache(tmp_path / "bad", teacher_input="imagenet")

@@ -52,6 +52,11 @@ class Projection(Choice):
     zbuffer = "zbuffer"
 
 
+class TeacherInput(Choice):
+    teacher = "teacher"
+    official = "official"
+
+
 class Pool(Choice):
     max = "max"
     meanmax = "meanmax"

@@ -89,6 +89,8 @@ def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device)
     teacher = create_teacher(s["teacher"], weights=weights, device=device)
     fp = teacher_fingerprint(teacher)
     teacher.projection = s.get("projection", "sum")  # render as the cache was rendered
+    if s.get("teacher_mean") and s.get("teacher_std"):  # normalise as the cache did (--teacher-input)
+        teacher.mean, teacher.std = tuple(s["teacher_mean"]), tuple(s["teacher_std"])
     if fp["weights_sha256"] != s["teacher_weights_sha256"]:
         raise TrainingError(f"online teacher weights (sha256 {fp['weights_sha256']}) differ from the cache's "
                             f"({s['teacher_weights_sha256']}): pass the same --teacher-weights")
