@@ -272,7 +272,7 @@ def test_cache_build_teacher_input_official(small_cache, tmp_path):
 
     from conftest import build_small_cache
     from i2p.cache.store import open_store
-    from i2p.stage1_project.build import OFFICIAL_TEACHER_MEAN, OFFICIAL_TEACHER_STD
+    from i2p.stage1_project.projection import OFFICIAL_TEACHER_MEAN, OFFICIAL_TEACHER_STD
 
     out = tmp_path / "official"
     build_small_cache(out, teacher_input="official")

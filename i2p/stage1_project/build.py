@@ -27,13 +27,9 @@ from i2p.cache import store as cs
 from i2p.common.datasets import PointDataset, create_dataset
 from i2p.common.device import resolve_device
 from i2p.common.errors import CacheError, SampleError, UserError
-from i2p.stage1_project.projection import IMAGE_SIZE, VIEW_AXES, project, to_teacher_input
+from i2p.stage1_project.projection import IMAGE_SIZE, VIEW_AXES, project, set_teacher_input, to_teacher_input
 
 PHASES = ("read", "project", "teacher", "write")
-
-
-OFFICIAL_TEACHER_MEAN = (0.485, 0.456, 0.406)  # ImageNet's, as the official I2P-MAE feeds CLIP
-OFFICIAL_TEACHER_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -59,10 +55,7 @@ class BuildConfig:
     # raster parameters (``proj``) stay those of the clean cloud. 0 = the paper's single render.
     denoise: int = 0
     denoise_sigma: float = 0.01
-    # Normalisation of the teacher's input images: 'teacher' (the teacher's own mean/std) or
-    # 'official' (ImageNet's, which the official I2P-MAE uses for CLIP too). Recorded in the
-    # settings as teacher_mean / teacher_std.
-    teacher_input: str = "teacher"
+    teacher_input: str = "teacher"  # projection.set_teacher_input; recorded as teacher_mean/std
 
 
 @dataclass
@@ -251,10 +244,7 @@ def _make_teacher(cfg: BuildConfig, teacher_factory: Callable | None = None):
 
     device = resolve_device(cfg.device)
     teacher = (teacher_factory or create_teacher)(cfg.teacher, weights=cfg.teacher_weights, device=device)
-    if cfg.teacher_input == "official":  # I2P_MAE.py:265-266: ImageNet statistics, whatever the teacher
-        teacher.mean, teacher.std = OFFICIAL_TEACHER_MEAN, OFFICIAL_TEACHER_STD
-    elif cfg.teacher_input != "teacher":
-        raise UserError(f"--teacher-input must be teacher or official (got {cfg.teacher_input!r})")
+    set_teacher_input(teacher, cfg.teacher_input)
     return teacher, device
 
 

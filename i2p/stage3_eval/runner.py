@@ -248,15 +248,13 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
              votes: int = 1, local_radii: tuple[float, ...] = (0.32, 0.64, 1.28), seed: int = 0,
              device: str = "auto", resume: bool = True, preset: str = "tiny", progress: bool = True,
              recipe=None) -> dict:
-    """Fine-tune the encoder with a classification head; see :mod:`i2p.stage3_eval.finetune`.
-    ``recipe`` (:mod:`finetune_presets`, e.g. an official one) sets the head, loss, schedule,
-    clipping, group sizes, point draw and augmentation; the arguments above are taken as given."""
+    """Fine-tune the encoder with a classification head; see :mod:`i2p.stage3_eval.finetune` (and
+    :mod:`~i2p.stage3_eval.finetune_presets` for ``recipe``: head, loss, schedule, draw, ...)."""
     from pathlib import Path
 
     import torch
 
-    from i2p.stage3_eval import finetune as ft
-    from i2p.stage3_eval import finetune_presets as fp
+    from i2p.stage3_eval import finetune as ft, finetune_presets as fp
 
     rc = recipe or fp.DEFAULT
     points = points or default_points(data)
@@ -282,8 +280,7 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         data_parts["val"] = (Xtr[va], ytr[va])
         Xtr, ytr = Xtr[tr], ytr[tr]
     data_parts["train"] = (Xtr, ytr)
-    pools = fp.official_clouds(data_parts, rc, points)  # the official FPS pools (else no change)
-    Xte = data_parts["test"][0]
+    pools, Xte = fp.official_clouds(data_parts, rc, points), data_parts["test"][0]  # FPS pools (official)
     classes = splits["train"].classes
     clf = ft.Classifier(model.encoder, len(classes), info["model_config"]["enc_dims"][-1],
                         dropout=dropout, local_radii=local_radii, head=rc.head, group_sizes=rc.group_sizes)
