@@ -191,9 +191,10 @@ def test_recipes_hold_the_official_hyper_parameters():
         assert (s.points, s.smoothing, s.loss, s.head, s.group_sizes, s.local_radii, s.augment, s.votes,
                 s.grad_clip, s.fps_pool) == (2048, 0.0, "ce", "official-concat", (32, 16, 16), radii, "scan", 1,
                                              10.0, 2400)
+    assert all(r.decay_exempt == "official" for r in fp.RECIPES.values())
     d = fp.DEFAULT
-    assert (d.head, d.loss, d.schedule, d.grad_clip, d.group_sizes, d.fps_pool, d.augment) == \
-        ("i2p", "ce", "i2p", 0.0, None, None, "i2p")
+    assert (d.head, d.loss, d.schedule, d.grad_clip, d.group_sizes, d.fps_pool, d.augment, d.decay_exempt) == \
+        ("i2p", "ce", "i2p", 0.0, None, None, "i2p", "none")
     # explicit options win over the recipe; None means "not given"
     r = fp.resolve("paper-modelnet40", epochs=3, lr=None, local_radii=[0, 0, 0])
     assert (r.epochs, r.lr, r.local_radii, r.head) == (3, 5e-4, (0, 0, 0), "official-sum")
@@ -245,6 +246,7 @@ def test_each_finetune_recipe_runs_one_epoch(name, tmp_path):
     assert (s["recipe"], s["head"], s["loss"], s["schedule"], s["grad_clip"], s["augment"], s["fps_pool"]) == \
         (name, rc.head, rc.loss, "official", 10.0, rc.augment, 300)
     assert s["group_sizes"] == list(rc.group_sizes) and s["local_radii"] == list(rc.local_radii)
+    assert s["decay_exempt"] == "official"
     ck = torch.load(Path(res["finetuned_checkpoint"]), weights_only=False)
     first = [k for k in ck["model"] if k.startswith("head.0.weight")][0]
     dim = 192  # the tiny encoder's last width

@@ -63,17 +63,20 @@ class FinetuneRecipe:
     augment: str = "i2p"
     votes: int = 1
     dropout: float = 0.5
+    # 'none': weight decay on every parameter (i2p's fine-tuning); 'official': the official
+    # ``add_weight_decay`` (no decay on 1-D tensors, biases and 'token' parameters).
+    decay_exempt: str = "none"
 
     def __post_init__(self) -> None:
         for name, allowed in (("head", HEADS), ("loss", LOSSES), ("augment", AUGMENTS),
-                              ("schedule", SCHEDULES)):
+                              ("schedule", SCHEDULES), ("decay_exempt", ("none", "official"))):
             if getattr(self, name) not in allowed:
                 raise UserError(f"fine-tune {name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
 
     def settings(self) -> dict:
         """The recipe-only fields, for the result's settings."""
         keys = ("schedule", "schedule_epochs", "loss", "grad_clip", "head", "group_sizes", "read_points",
-                "fps_pool", "augment")
+                "fps_pool", "augment", "decay_exempt")
         out = {k: getattr(self, k) for k in keys}
         out["recipe"] = self.name
         out["group_sizes"] = list(self.group_sizes) if self.group_sizes else None
@@ -86,7 +89,7 @@ DEFAULT = FinetuneRecipe()
 # warm-up, run for 301 epochs (``range(0, max_epoch + 1)``), batch 32, grad-norm clip 10,
 # drop path 0.1 (the pre-trained config's), head 256-256-classes with dropout 0.5.
 _OFFICIAL = dict(epochs=301, batch_size=32, lr=5e-4, weight_decay=0.05, warmup=10, schedule="official",
-                 schedule_epochs=300, grad_clip=10.0, dropout=0.5)
+                 schedule_epochs=300, grad_clip=10.0, dropout=0.5, decay_exempt="official")
 _SCAN = dict(_OFFICIAL, points=2048, smoothing=0.0, loss="ce", head="official-concat", group_sizes=(32, 16, 16),
              read_points=2048, fps_pool=2400, augment="scan", votes=1)
 RECIPES = {
@@ -117,6 +120,15 @@ def resolve(name: str | None = None, **given) -> FinetuneRecipe:
         if k in changes:
             changes[k] = tuple(changes[k])
     return dataclasses.replace(base, **changes)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, recipe: FinetuneRecipe):
+    """What AdamW gets: every parameter with ``weight_decay`` (i2p), or the official groups."""
+    if recipe.decay_exempt == "official":
+        from i2p.stage2_pretrain.model.mae import optimizer_groups
+
+        return optimizer_groups(model, weight_decay, "official")
+    return model.parameters()
 
 
 def official_smooth_loss(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
