@@ -155,7 +155,6 @@ def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: in
     # epoch) instead of ending before its learning rate ever reaches the base value.
     if recipe.schedule == "i2p":
         warmup = min(warmup, max(1, epochs // 10))
-    total, warm = epochs * steps_per_epoch, warmup * steps_per_epoch
     step_fn = fp.StepRecipe(recipe, steps_per_epoch, epochs, warmup, lr, smoothing, sample_points)
     opt = torch.optim.AdamW(fp.param_groups(clf, weight_decay, recipe), lr=lr, weight_decay=weight_decay)
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "history": []}
