@@ -287,3 +287,25 @@ def test_cache_build_teacher_input_official(small_cache, tmp_path):
     assert isinstance(off, zarr.Group)
     with pytest.raises(Exception, match="teacher-input"):
         build_small_cache(tmp_path / "bad", teacher_input="imagenet")
+
+
+@pytest.mark.slow
+def test_official_sampling_draws_fewer_points_than_cached(small_cache, tmp_path):
+    """The official 2048 of 8192, scaled down: a 512-point cache, 256 drawn per epoch."""
+    from i2p.cache.reader import CacheDataset
+    from i2p.stage2_pretrain.train import pretrain
+
+    ds = CacheDataset(small_cache, sampling="official", draw=256)
+    full = ds._array("points")[3]
+    a = ds[3]["points"].numpy()
+    assert a.shape == (256, 3) and {tuple(p) for p in a} <= {tuple(p) for p in full}
+    ds.set_epoch(1)
+    assert {tuple(p) for p in ds[3]["points"].numpy()} != {tuple(p) for p in a}  # a fresh subset
+    cfg = pcfg.resolve("paper", TINY_MODEL + ["data.points=256", "optim.epochs=1"])
+    assert pcfg.fit_to_cache(cfg, {"num_points": 512, "views": 3, "feature_shape": [3, 8, 8, 8],
+                                   "image_size": 224}).model.num_points == 256
+    res = pretrain(small_cache, str(tmp_path / "run"), cfg, max_steps=2)
+    assert res.step == 2
+    with pytest.raises(pcfg.cfgutil.ConfigError, match="sampling=official"):
+        pcfg.fit_to_cache(pcfg.resolve("base", ["data.points=256"]),
+                          {"num_points": 512, "views": 3, "feature_shape": [3, 8, 8, 8], "image_size": 224})

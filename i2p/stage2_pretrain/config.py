@@ -63,7 +63,8 @@ class DataConfig:
     # of operations on the cached points: each epoch a fresh seeded random order (so FPS starts
     # at a random point), then the cloud re-centred on its mean and scaled to the unit sphere
     # (``pc_norm``), then the augmentation (folded into the per-sample scale and shift, so the
-    # cached 2D targets stay exact).
+    # cached 2D targets stay exact). With 'official', ``points`` may be below the cache's count:
+    # each epoch then draws that many of the cached points (the official 2048 of 8192).
     sampling: Literal["fixed", "official"] = "fixed"
 
 
@@ -187,10 +188,13 @@ def cache_model_fields(settings: dict) -> dict:
 def fit_to_cache(cfg: PretrainConfig, settings: dict) -> PretrainConfig:
     """``cfg`` with the model sized for the cache whose ``settings`` are given (refused when
     ``data.points`` asks for another point count)."""
+    fields = cache_model_fields(settings)
     if cfg.data.points is not None and cfg.data.points != settings["num_points"]:
-        raise cfgutil.ConfigError(f"cache was built with {settings['num_points']} points, "
-                                  f"config asks for {cfg.data.points}")
-    return replace_model(cfg, **cache_model_fields(settings))
+        if not (cfg.data.sampling == "official" and cfg.data.points < settings["num_points"]):
+            raise cfgutil.ConfigError(f"cache was built with {settings['num_points']} points, "
+                                      f"config asks for {cfg.data.points} (fewer: with data.sampling=official)")
+        fields["num_points"] = cfg.data.points  # each epoch a fresh draw of that many cached points
+    return replace_model(cfg, **fields)
 
 
 def lr_factor(optim: OptimConfig, steps_per_epoch: int):

@@ -157,7 +157,7 @@ class _Run:
     def __init__(self, caches: list[str], run_dir: Path, cfg: pcfg.PretrainConfig, resume: bool,
                  probe_cache: str | None):
         self.caches, self.run_dir, self.probe_cache = caches, run_dir, probe_cache
-        self.all_attrs = open_many_for_training(caches, cfg.data.points)
+        self.all_attrs = open_many_for_training(caches, None if cfg.data.sampling == "official" else cfg.data.points)
         self.attrs = self.all_attrs[0]
         self.cfg = cfg = pcfg.fit_to_cache(cfg, self.attrs["settings"])
         self.device, self.dist = _placement(cfg.device)
@@ -184,7 +184,8 @@ class _Run:
         cfg = self.cfg
         self.full_ds = MultiCacheDataset(self.caches, with_targets=not cfg.online_teacher, augment=cfg.data.augment,
                                          seed=cfg.seed, scale_range=(cfg.data.scale_low, cfg.data.scale_high),
-                                         shift_range=cfg.data.shift, sampling=cfg.data.sampling)
+                                         shift_range=cfg.data.shift, sampling=cfg.data.sampling,
+                                         draw=cfg.data.points if cfg.data.sampling == "official" else None)
         self.train_pos, self.held_pos = split_holdout(len(self.full_ds), cfg.data.holdout)
         self.ds = torch.utils.data.Subset(self.full_ds, self.train_pos)
         self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(self.ds), cfg.optim.batch_size)
