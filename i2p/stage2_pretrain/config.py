@@ -106,7 +106,8 @@ def paper() -> PretrainConfig:
     teacher features as targets, L3d + 1.0 * L2d, every sample trained on; 301 epochs (the
     official ``range(0, max_epoch + 1)``) of a per-epoch cosine set for 400; weight-decay
     exemptions of ``add_weight_decay``; no gradient clipping; the loader's per-epoch point order
-    and re-normalisation. The teacher's input statistics are a cache setting:
+    and re-normalisation (a cache of 8192 points plus ``--set data.points=2048`` draws the
+    official 2048 of 8192 each epoch). The teacher's input statistics are a cache setting:
     ``i2p cache build --teacher-input official``."""
     return PretrainConfig(preset="paper", model=ModelConfig.paper(),
                           optim=OptimConfig(epochs=301, schedule="official", schedule_epochs=400,
