@@ -47,6 +47,25 @@ def augmentation_params(seed: int, epoch: int, index: int, scale_range: tuple[fl
     return scale.astype(np.float32), shift.astype(np.float32)
 
 
+def official_order(points: np.ndarray, scale: np.ndarray, shift: np.ndarray, seed: int, epoch: int,
+                   index: int, draw: int | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The official loader's steps on a cached cloud (datasets/ShapeNet55Dataset.py): a random
+    order drawn from ``(seed, 'order', epoch, index)`` (the official draws a random subset, so the
+    first point, where FPS starts, is random), then ``pc_norm`` (centre on the mean, divide by
+    the largest norm), then the augmentation. The points are returned re-ordered but not
+    re-normalised: the normalisation is folded into the augmentation, ``(p - c) / m * s + t =
+    p * (s / m) + (t - c * s / m)``, because the cached 2D targets are looked up at the cached
+    coordinates. ``draw``: keep only the first ``draw`` points of the random order (the official
+    2048 of 8192, from a cache built with more points than the model takes)."""
+    rng = np.random.default_rng(stable_seed(seed, "order", epoch, int(index)))
+    pts = np.ascontiguousarray(points[rng.permutation(len(points))[:draw]])
+    c = pts.mean(axis=0, keepdims=True)
+    m = float(np.sqrt(((pts - c) ** 2).sum(axis=1)).max()) or 1.0
+    new_scale = (scale / m).astype(np.float32)
+    new_shift = (shift - c * scale / m).astype(np.float32)
+    return torch.from_numpy(pts), new_scale, new_shift
+
+
 class CacheDataset(torch.utils.data.Dataset):
     """Valid samples of a cache as dicts of tensors.
 
@@ -57,7 +76,7 @@ class CacheDataset(torch.utils.data.Dataset):
 
     def __init__(self, url: str, with_targets: bool = True, augment: bool = False, seed: int = 0,
                  scale_range: tuple[float, float] = (2 / 3, 3 / 2), shift_range: float = 0.2,
-                 index_offset: int = 0):
+                 index_offset: int = 0, sampling: str = "fixed", draw: int | None = None):
         root = cs.open_store(url)
         skipped = {s["index"] for s in root.attrs.get("skips", [])}
         n = cs.layout_of(root).num_samples
@@ -68,6 +87,7 @@ class CacheDataset(torch.utils.data.Dataset):
         self.labels_all = np.asarray(root["label"][:])
         self.with_targets, self.augment, self.seed = with_targets, augment, seed
         self.scale_range, self.shift_range = scale_range, shift_range
+        self.sampling, self.draw = sampling, draw  # draw: points per sample ('official' only)
         self.epoch = 0
         self._root = None
         self._handles: dict = {}
@@ -117,6 +137,9 @@ class CacheDataset(torch.utils.data.Dataset):
                                                self.shift_range)
         else:
             scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
+        if self.sampling == "official":
+            item["points"], scale, shift = official_order(item["points"].numpy(), scale, shift, self.seed,
+                                                          self.epoch, i + self.index_offset, self.draw)
         item["scale"] = torch.from_numpy(scale)
         item["shift"] = torch.from_numpy(shift)
         return item

@@ -52,6 +52,11 @@ class Projection(Choice):
     zbuffer = "zbuffer"
 
 
+class TeacherInput(Choice):
+    teacher = "teacher"
+    official = "official"
+
+
 class Pool(Choice):
     max = "max"
     meanmax = "meanmax"
@@ -61,6 +66,14 @@ class Pool(Choice):
 class Preset(Choice):
     tiny = "tiny"
     paper = "paper"
+
+
+class FinetuneRecipe(Choice):
+    """``i2p eval finetune --recipe``: the official fine-tuning recipes (stage3_eval/finetune_presets.py)."""
+    paper_modelnet40 = "paper-modelnet40"
+    paper_scan_objbg = "paper-scan-objbg"
+    paper_scan_objonly = "paper-scan-objonly"
+    paper_scan_hardest = "paper-scan-hardest"
 
 
 class Solver(Choice):

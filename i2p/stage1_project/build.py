@@ -27,7 +27,7 @@ from i2p.cache import store as cs
 from i2p.common.datasets import PointDataset, create_dataset
 from i2p.common.device import resolve_device
 from i2p.common.errors import CacheError, SampleError, UserError
-from i2p.stage1_project.projection import IMAGE_SIZE, VIEW_AXES, project, to_teacher_input
+from i2p.stage1_project.projection import IMAGE_SIZE, VIEW_AXES, project, set_teacher_input, to_teacher_input
 
 PHASES = ("read", "project", "teacher", "write")
 
@@ -55,6 +55,7 @@ class BuildConfig:
     # raster parameters (``proj``) stay those of the clean cloud. 0 = the paper's single render.
     denoise: int = 0
     denoise_sigma: float = 0.01
+    teacher_input: str = "teacher"  # projection.set_teacher_input; recorded as teacher_mean/std
 
 
 @dataclass
@@ -243,6 +244,7 @@ def _make_teacher(cfg: BuildConfig, teacher_factory: Callable | None = None):
 
     device = resolve_device(cfg.device)
     teacher = (teacher_factory or create_teacher)(cfg.teacher, weights=cfg.teacher_weights, device=device)
+    set_teacher_input(teacher, cfg.teacher_input)
     return teacher, device
 
 

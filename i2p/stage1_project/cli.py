@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from i2p.common.cli_options import Projection, Split, existing_path, existing_weights, value
+from i2p.common.cli_options import Projection, Split, TeacherInput, existing_path, existing_weights, value
 
 app = typer.Typer(help="Stage 1: render views, run the frozen 2D teacher, store a Zarr cache.",
                   no_args_is_help=True)
@@ -35,6 +35,9 @@ def build(
                                           "zbuffer (nearest depth)"),
     denoise: int = typer.Option(0, min=0, help="Average the teacher over the clean render and K jittered renders"),
     denoise_sigma: float = typer.Option(0.01, min=0.0, help="Std of the jitter of --denoise renders"),
+    teacher_input: TeacherInput = typer.Option(TeacherInput.teacher, help="Normalisation of the teacher's "
+                                               "input images: teacher (its own mean/std) or official (ImageNet's, "
+                                               "as the official I2P-MAE feeds CLIP)"),
     dask: Optional[str] = typer.Option(None, help="Spread shards over dask workers: local:K (K worker "
                                        "processes here) or tcp://HOST:PORT (a running scheduler)"),
 ) -> None:
@@ -49,7 +52,8 @@ def build(
     cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=value(split),
                       points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
                       limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress,
-                      projection=value(projection), denoise=denoise, denoise_sigma=denoise_sigma)
+                      projection=value(projection), denoise=denoise, denoise_sigma=denoise_sigma,
+                      teacher_input=value(teacher_input))
     if projection not in ("sum", "zbuffer"):
         raise UserError(f"--projection must be sum or zbuffer (got {projection!r})")
     if dask:

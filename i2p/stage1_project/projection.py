@@ -158,3 +158,19 @@ def upsample_maps(maps: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     b, v, h, w = maps.shape
     return F.interpolate(maps.reshape(b * v, 1, h, w).float(), size=(size, size), mode="bicubic",
                          align_corners=False).view(b, v, size, size)
+
+
+OFFICIAL_TEACHER_MEAN = (0.485, 0.456, 0.406)  # ImageNet's: what the official I2P-MAE feeds CLIP
+OFFICIAL_TEACHER_STD = (0.229, 0.224, 0.225)
+
+
+def set_teacher_input(teacher, mode: str = "teacher") -> None:
+    """The normalisation of ``teacher``'s input images (``--teacher-input``): 'teacher' keeps the
+    teacher's own mean/std; 'official' sets ImageNet's, as the official code does for CLIP
+    (I2P_MAE.py:265-266, :329-333)."""
+    from i2p.common.errors import UserError
+
+    if mode == "official":
+        teacher.mean, teacher.std = OFFICIAL_TEACHER_MEAN, OFFICIAL_TEACHER_STD
+    elif mode != "teacher":
+        raise UserError(f"--teacher-input must be teacher or official (got {mode!r})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from i2p.common import config as cfgutil
 from i2p.stage2_pretrain.model.config import ModelConfig
@@ -25,6 +26,19 @@ class OptimConfig:
     warmup_epochs: int = 10
     batch_size: int = 64  # global batch (split across ranks under torchrun)
     grad_clip: float = 10.0  # max global grad norm; 0 disables
+    # 'i2p': per step, linear warm-up then a cosine that ends at ``min_lr`` when the run ends.
+    # 'official': the official timm CosineLRScheduler stepped once per epoch after the epoch
+    # (warm-up from 1e-6, the cosine counted from epoch 0, one epoch late; see
+    # ``common.schedules.official_epoch_lr``).
+    schedule: Literal["i2p", "official"] = "i2p"
+    # Horizon of the cosine in epochs; None = ``epochs``. The official pre-training sets 400
+    # and runs 300 (+1): it stops at ~15% of the peak learning rate.
+    schedule_epochs: int | None = None
+    # Parameters without weight decay. 'i2p': 1-D tensors and biases. 'official': also every
+    # parameter whose official name contains 'token' (utils/misc.py / tools/builder.py
+    # ``add_weight_decay``): the mask token, the encoder's token embeddings and the decoder's
+    # token propagation (``model.mae.OFFICIAL_TOKEN_PARAMS``).
+    decay_exempt: Literal["i2p", "official"] = "i2p"
 
 
 @dataclass
@@ -44,6 +58,14 @@ class DataConfig:
     # Samples held out of training (evenly spaced over the cache) on which the 2D head's R2 is
     # measured: the diagnostic that says whether the 2D targets are learnable at all.
     holdout: int = 24
+    # 'fixed': every epoch the cached points in their stored order (FPS starts at the same
+    # point; the cloud as normalised before sampling). 'official': the official loader's order
+    # of operations on the cached points: each epoch a fresh seeded random order (so FPS starts
+    # at a random point), then the cloud re-centred on its mean and scaled to the unit sphere
+    # (``pc_norm``), then the augmentation (folded into the per-sample scale and shift, so the
+    # cached 2D targets stay exact). With 'official', ``points`` may be below the cache's count:
+    # each epoch then draws that many of the cached points (the official 2048 of 8192).
+    sampling: Literal["fixed", "official"] = "fixed"
 
 
 @dataclass
@@ -80,10 +102,17 @@ def base() -> PretrainConfig:
 
 
 def paper() -> PretrainConfig:
-    """The published recipe exactly: raw teacher features as targets, L3d + 1.0 * L2d, every
-    sample trained on."""
+    """The official recipe (cfgs/pre-training/i2p-mae.yaml, tools/runner_pretrain.py): raw
+    teacher features as targets, L3d + 1.0 * L2d, every sample trained on; 301 epochs (the
+    official ``range(0, max_epoch + 1)``) of a per-epoch cosine set for 400; weight-decay
+    exemptions of ``add_weight_decay``; no gradient clipping; the loader's per-epoch point order
+    and re-normalisation (a cache of 8192 points plus ``--set data.points=2048`` draws the
+    official 2048 of 8192 each epoch). The teacher's input statistics are a cache setting:
+    ``i2p cache build --teacher-input official``."""
     return PretrainConfig(preset="paper", model=ModelConfig.paper(),
-                          data=DataConfig(normalize_targets=False, holdout=0))
+                          optim=OptimConfig(epochs=301, schedule="official", schedule_epochs=400,
+                                            decay_exempt="official", grad_clip=0.0),
+                          data=DataConfig(normalize_targets=False, holdout=0, sampling="official"))
 
 
 def tiny() -> PretrainConfig:
@@ -160,10 +189,24 @@ def cache_model_fields(settings: dict) -> dict:
 def fit_to_cache(cfg: PretrainConfig, settings: dict) -> PretrainConfig:
     """``cfg`` with the model sized for the cache whose ``settings`` are given (refused when
     ``data.points`` asks for another point count)."""
+    fields = cache_model_fields(settings)
     if cfg.data.points is not None and cfg.data.points != settings["num_points"]:
-        raise cfgutil.ConfigError(f"cache was built with {settings['num_points']} points, "
-                                  f"config asks for {cfg.data.points}")
-    return replace_model(cfg, **cache_model_fields(settings))
+        if not (cfg.data.sampling == "official" and cfg.data.points < settings["num_points"]):
+            raise cfgutil.ConfigError(f"cache was built with {settings['num_points']} points, "
+                                      f"config asks for {cfg.data.points} (fewer: with data.sampling=official)")
+        fields["num_points"] = cfg.data.points  # each epoch a fresh draw of that many cached points
+    return replace_model(cfg, **fields)
+
+
+def lr_factor(optim: OptimConfig, steps_per_epoch: int):
+    """The ``LambdaLR`` multiplier of ``optim.lr`` as a function of the global step."""
+    from i2p.common.schedules import official_epoch_factor, warmup_cosine_factor
+
+    horizon = optim.schedule_epochs or optim.epochs
+    if optim.schedule == "official":
+        return official_epoch_factor(steps_per_epoch, horizon, optim.warmup_epochs, optim.lr, optim.min_lr)
+    return warmup_cosine_factor(steps_per_epoch * optim.warmup_epochs, steps_per_epoch * horizon,
+                                optim.lr, optim.min_lr)
 
 
 def save(cfg: PretrainConfig, path: Path) -> None:

@@ -30,7 +30,6 @@ from i2p.cache.reader import MultiCacheDataset, open_many_for_training
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.device import resolve_device
 from i2p.common.errors import UserError
-from i2p.common.schedules import warmup_cosine_factor
 from i2p.common.signals import StopOnSignal
 from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.diagnostics import MetricsLog, encoder_grad_norms, heldout_r2, probe_svm, unaugmented
@@ -90,6 +89,8 @@ def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device)
     teacher = create_teacher(s["teacher"], weights=weights, device=device)
     fp = teacher_fingerprint(teacher)
     teacher.projection = s.get("projection", "sum")  # render as the cache was rendered
+    if s.get("teacher_mean") and s.get("teacher_std"):  # normalise as the cache did (--teacher-input)
+        teacher.mean, teacher.std = tuple(s["teacher_mean"]), tuple(s["teacher_std"])
     if fp["weights_sha256"] != s["teacher_weights_sha256"]:
         raise TrainingError(f"online teacher weights (sha256 {fp['weights_sha256']}) differ from the cache's "
                             f"({s['teacher_weights_sha256']}): pass the same --teacher-weights")
@@ -156,7 +157,7 @@ class _Run:
     def __init__(self, caches: list[str], run_dir: Path, cfg: pcfg.PretrainConfig, resume: bool,
                  probe_cache: str | None):
         self.caches, self.run_dir, self.probe_cache = caches, run_dir, probe_cache
-        self.all_attrs = open_many_for_training(caches, cfg.data.points)
+        self.all_attrs = open_many_for_training(caches, None if cfg.data.sampling == "official" else cfg.data.points)
         self.attrs = self.all_attrs[0]
         self.cfg = cfg = pcfg.fit_to_cache(cfg, self.attrs["settings"])
         self.device, self.dist = _placement(cfg.device)
@@ -166,11 +167,10 @@ class _Run:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model).to(self.device)
-        self.opt = torch.optim.AdamW(optimizer_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                     betas=cfg.optim.betas)
+        self.opt = torch.optim.AdamW(optimizer_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_exempt),
+                                     lr=cfg.optim.lr, betas=cfg.optim.betas)
         self._open_data()
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine_factor(
-            self.steps_per_epoch * cfg.optim.warmup_epochs, self.total, cfg.optim.lr, cfg.optim.min_lr))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, pcfg.lr_factor(cfg.optim, self.steps_per_epoch))
         self.last = run_dir / "last.ckpt"
         self.step = self._restore() if resume and self.last.exists() else 0
         if self.dist.is_main:
@@ -184,7 +184,8 @@ class _Run:
         cfg = self.cfg
         self.full_ds = MultiCacheDataset(self.caches, with_targets=not cfg.online_teacher, augment=cfg.data.augment,
                                          seed=cfg.seed, scale_range=(cfg.data.scale_low, cfg.data.scale_high),
-                                         shift_range=cfg.data.shift)
+                                         shift_range=cfg.data.shift, sampling=cfg.data.sampling,
+                                         draw=cfg.data.points if cfg.data.sampling == "official" else None)
         self.train_pos, self.held_pos = split_holdout(len(self.full_ds), cfg.data.holdout)
         self.ds = torch.utils.data.Subset(self.full_ds, self.train_pos)
         self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(self.ds), cfg.optim.batch_size)

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from i2p.common.cli_options import (
-    EpisodesFrom, FewshotMode, Pool, Preset, SelectOn, Solver, Vote, existing_checkpoint, existing_path, value,
+    EpisodesFrom, FewshotMode, FinetuneRecipe, Pool, Preset, SelectOn, Solver, Vote, existing_checkpoint, existing_path,
+    value,
 )
 from i2p.common.errors import UserError
 
@@ -147,24 +148,36 @@ def _radii(text: str) -> tuple[float, ...]:
 
 @app.command("finetune")
 def finetune_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS,
-                 epochs: int = typer.Option(300, "--epochs", min=1), batch_size: int = BATCH,
-                 lr: float = typer.Option(5e-4, "--lr"), weight_decay: float = typer.Option(0.05, "--weight-decay"),
-                 warmup: int = typer.Option(10, "--warmup-epochs"),
-                 smoothing: float = typer.Option(0.2, "--label-smoothing"),
-                 dropout: float = typer.Option(0.5, "--dropout"),
+                 recipe: Optional[FinetuneRecipe] = typer.Option(
+                     None, "--recipe", help="the official hyper-parameters of one data set (epochs, batch, LR, "
+                     "schedule, loss, clipping, head, groups, radii, points, augmentation, votes; "
+                     "docs/FIDELITY.md); options given here still win. Default: i2p's"),
+                 epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="[default: 300]"),
+                 batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[default: 32]"),
+                 lr: Optional[float] = typer.Option(None, "--lr", help="[default: 5e-4]"),
+                 weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[default: 0.05]"),
+                 warmup: Optional[int] = typer.Option(None, "--warmup-epochs", help="[default: 10]"),
+                 smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="[default: 0.2]"),
+                 dropout: Optional[float] = typer.Option(None, "--dropout", help="[default: 0.5]"),
                  val_frac: float = typer.Option(0.1, "--val-frac", help="share of train held out for selection"),
                  select_on: SelectOn = typer.Option(SelectOn.val, "--select-on",
                                                     help="val, test (best-on-test: flagged in the report) or last"),
-                 votes: int = typer.Option(1, "--vote", min=1, help="test-time voting passes (1 = none)"),
-                 local_radii: str = typer.Option("0.32,0.64,1.28", "--local-radii",
-                                                 help="attention radius per level; 0 = global attention"),
+                 votes: Optional[int] = typer.Option(None, "--vote", min=1,
+                                                     help="test-time voting passes (1 = none) [default: 1]"),
+                 local_radii: Optional[str] = typer.Option(None, "--local-radii",
+                                                           help="attention radius per level; 0 = global attention "
+                                                           "[default: 0.32,0.64,1.28]"),
                  seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result and checkpoint directory"),
                  device: str = DEVICE, resume: bool = typer.Option(True, "--resume/--no-resume",
                                                                    help="continue OUT/last.ckpt when present"),
                  preset: Preset = PRESET, progress: bool = PROGRESS) -> None:
     """Fine-tune encoder + MLP head; select on a validation split carved from train."""
-    from i2p.stage3_eval import runner
+    from i2p.stage3_eval import finetune_presets, runner
 
-    _show(runner.finetune(ckpt, data, str(_out(out, "finetune")), points, epochs, batch_size, lr, weight_decay,
-                          warmup, smoothing, dropout, val_frac, value(select_on), votes, _radii(local_radii), seed,
-                          device, resume, value(preset), progress))
+    rc = finetune_presets.resolve(value(recipe), points=points, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  weight_decay=weight_decay, warmup=warmup, smoothing=smoothing, dropout=dropout,
+                                  votes=votes, local_radii=None if local_radii is None else _radii(local_radii))
+    _show(runner.finetune(ckpt, data, str(_out(out, "finetune")), rc.points, rc.epochs, rc.batch_size, rc.lr,
+                          rc.weight_decay, rc.warmup, rc.smoothing, rc.dropout, val_frac, value(select_on), rc.votes,
+                          rc.local_radii, seed, device, resume, value(preset), progress,
+                          recipe=rc if recipe is not None else None))

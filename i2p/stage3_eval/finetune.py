@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.errors import SampleError, UserError
 from i2p.common.geometry import stable_seed
-from i2p.common.schedules import warmup_cosine as lr_at
+from i2p.stage3_eval import finetune_presets as fp
+from i2p.stage3_eval.finetune_presets import augment  # noqa: F401  (i2p's training augmentation)
 
 SELECT = ("val", "test", "last")
 TEST_WARNING = ("model selected on the TEST split (best-on-test): this accuracy is optimistic, "
@@ -39,18 +40,34 @@ TEST_WARNING = ("model selected on the TEST split (best-on-test): this accuracy 
 
 
 class Classifier(nn.Module):
+    """``head``: 'i2p' (mean and max of the encoder's LayerNorm'd tokens, concatenated),
+    'official-sum' / 'official-concat' (the official heads: a fresh LayerNorm on the last level,
+    i.e. the encoder's last norm re-initialised, then mean + max summed / concatenated).
+    ``group_sizes``: kNN group sizes for fine-tuning (the official ModelNet40 48/24/24, ...);
+    None keeps the checkpoint's."""
+
     def __init__(self, encoder: nn.Module, num_classes: int, dim: int, hidden: int = 256,
-                 dropout: float = 0.5, local_radii: tuple[float, ...] | None = None):
+                 dropout: float = 0.5, local_radii: tuple[float, ...] | None = None, head: str = "i2p",
+                 group_sizes: tuple[int, ...] | None = None):
         super().__init__()
         self.encoder = encoder
         self.local_radii = tuple(local_radii) if local_radii and any(r > 0 for r in local_radii) else None
+        self.pool = head
+        if group_sizes:
+            import dataclasses
+
+            encoder.cfg = dataclasses.replace(encoder.cfg, group_sizes=tuple(group_sizes))
+        if head != "i2p":
+            encoder.norms[-1].reset_parameters()
         self.head = nn.Sequential(
-            nn.Linear(2 * dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(dim if head == "official-sum" else 2 * dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(points, local_radii=self.local_radii, finetune=True)[-1].tokens
+        if self.pool == "official-sum":
+            return self.head(tokens.mean(dim=1) + tokens.max(dim=1).values)
         return self.head(torch.cat([tokens.mean(dim=1), tokens.max(dim=1).values], dim=-1))
 
 
@@ -90,34 +107,45 @@ def carve_validation(labels: np.ndarray, frac: float, seed: int) -> tuple[np.nda
     return np.sort(tr), np.sort(va)
 
 
-def augment(points: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    b = points.shape[0]
-    scale = torch.empty(b, 1, 3).uniform_(2 / 3, 3 / 2, generator=gen).to(points.device)
-    shift = torch.empty(b, 1, 3).uniform_(-0.2, 0.2, generator=gen).to(points.device)
-    return points * scale + shift
-
-
 @torch.no_grad()
-def predict(clf: Classifier, pts: np.ndarray, batch_size: int, device, votes: int = 1, seed: int = 0) -> np.ndarray:
-    """Class probabilities averaged over ``votes`` passes (pass 0 unaugmented)."""
+def predict(clf: Classifier, pts: np.ndarray, batch_size: int, device, votes: int = 1, seed: int = 0,
+            pool: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities averaged over ``votes`` passes (pass 0 unaugmented). With ``pool``
+    (the official voting, tools/runner_finetune.py ``validate_vote``): every pass draws a random
+    ``pts.shape[1]`` of each pool cloud and scales and shifts it; the logits are averaged, and
+    the returned scores are the softmax of that average."""
     clf.eval()
     gen = torch.Generator().manual_seed(stable_seed(seed, "vote"))
+    rng = np.random.default_rng(stable_seed(seed, "vote-points"))
     probs = np.zeros((len(pts), clf.head[-1].out_features), dtype=np.float64)
     for v in range(max(1, votes)):
         for s in range(0, len(pts), batch_size):
+            if pool is not None and votes > 1:
+                x = augment(torch.from_numpy(fp.official_subsample(pool[s:s + batch_size], pts.shape[1], rng)).to(device), gen)
+                probs[s:s + batch_size] += clf(x).float().cpu().numpy()
+                continue
             x = torch.from_numpy(pts[s:s + batch_size]).to(device)
             if v:
                 x = augment(x, gen)
             probs[s:s + batch_size] += F.softmax(clf(x).float(), dim=-1).cpu().numpy()
-    return probs / max(1, votes)
+    probs /= max(1, votes)
+    if pool is not None and votes > 1:
+        probs = torch.softmax(torch.from_numpy(probs), dim=-1).numpy()
+    return probs
 
 
 def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: int, lr: float,
           weight_decay: float, warmup: int, smoothing: float, select_on: str, seed: int, device,
-          settings: dict, resume: bool = True, progress: bool = True) -> dict:
+          settings: dict, resume: bool = True, progress: bool = True, recipe=None,
+          sample_points: int | None = None) -> dict:
     """Train ``clf`` on ``data['train']`` = (pts, labels); select on val/test/last.
-    Returns history and the selected epoch; leaves the selected weights loaded in ``clf``."""
+    Returns history and the selected epoch; leaves the selected weights loaded in ``clf``.
+    ``recipe`` (:class:`finetune_presets.FinetuneRecipe`) adds the loss, schedule, gradient
+    clipping, augmentation it names; None = i2p's. ``sample_points``: each step draws that many
+    points of every training cloud (the official draw from an FPS pool); None = all."""
     from tqdm.auto import tqdm
+
+    recipe = recipe or fp.DEFAULT
 
     if select_on not in SELECT:
         raise UserError(f"--select-on must be one of {', '.join(SELECT)} (got {select_on!r})")
@@ -125,9 +153,10 @@ def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: in
     steps_per_epoch = math.ceil(len(ytr) / batch_size)
     # The paper warms up 10 of 300 epochs; a short run keeps that proportion (at least one
     # epoch) instead of ending before its learning rate ever reaches the base value.
-    warmup = min(warmup, max(1, epochs // 10))
-    total, warm = epochs * steps_per_epoch, warmup * steps_per_epoch
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    if recipe.schedule == "i2p":
+        warmup = min(warmup, max(1, epochs // 10))
+    step_fn = fp.StepRecipe(recipe, steps_per_epoch, epochs, warmup, lr, smoothing, sample_points)
+    opt = torch.optim.AdamW(fp.param_groups(clf, weight_decay, recipe), lr=lr, weight_decay=weight_decay)
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "history": []}
     best_sd = None
     last = out / "last.ckpt"
@@ -153,11 +182,13 @@ def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: in
             if len(idx) < 2:  # BatchNorm needs 2 samples: drop a last batch of one
                 continue
             for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps_per_epoch + j, total, warm, lr)
-            x = augment(torch.from_numpy(Xtr[idx]).to(device), gen)
-            loss = F.cross_entropy(clf(x), torch.from_numpy(ytr[idx]).to(device), label_smoothing=smoothing)
+                g["lr"] = step_fn.lr(epoch, j)
+            x = step_fn.batch(Xtr[idx], gen, (seed, epoch, j)).to(device)
+            loss = step_fn.loss(clf(x), torch.from_numpy(ytr[idx]).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.grad_clip)
             opt.step()
             losses.append(loss.item())
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}

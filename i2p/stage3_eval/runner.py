@@ -251,14 +251,17 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
              batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 10,
              smoothing: float = 0.2, dropout: float = 0.5, val_frac: float = 0.1, select_on: str = "val",
              votes: int = 1, local_radii: tuple[float, ...] = (0.32, 0.64, 1.28), seed: int = 0,
-             device: str = "auto", resume: bool = True, preset: str = "tiny", progress: bool = True) -> dict:
-    """Fine-tune the encoder with a classification head; see :mod:`i2p.stage3_eval.finetune`."""
+             device: str = "auto", resume: bool = True, preset: str = "tiny", progress: bool = True,
+             recipe=None) -> dict:
+    """Fine-tune the encoder with a classification head; see :mod:`i2p.stage3_eval.finetune` (and
+    :mod:`~i2p.stage3_eval.finetune_presets` for ``recipe``: head, loss, schedule, draw, ...)."""
     from pathlib import Path
 
     import torch
 
-    from i2p.stage3_eval import finetune as ft
+    from i2p.stage3_eval import finetune as ft, finetune_presets as fp
 
+    rc = recipe or fp.DEFAULT
     points = points or default_points(data)
     if select_on not in ft.SELECT:
         raise UserError(f"--select-on must be one of {', '.join(ft.SELECT)} (got {select_on!r})")
@@ -266,7 +269,7 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         raise UserError(f"--epochs and --vote must be >= 1 (got {epochs}, {votes})")
     if is_teacher_ckpt(ckpt):
         raise UserError("fine-tuning needs a 3D network: --ckpt teacher:NAME works with svm, fewshot and knn")
-    splits = open_splits(data, points, seed)
+    splits = open_splits(data, max(rc.read_points or points, points), seed)
     dev = resolve_device(device)
     torch.manual_seed(stable_seed(seed, "head"))
     enc, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
@@ -282,21 +285,24 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
         data_parts["val"] = (Xtr[va], ytr[va])
         Xtr, ytr = Xtr[tr], ytr[tr]
     data_parts["train"] = (Xtr, ytr)
+    pools, Xte = fp.official_clouds(data_parts, rc, points), data_parts["test"][0]  # FPS pools (official)
     classes = splits["train"].classes
     clf = ft.Classifier(enc.network, len(classes), info["model_config"]["enc_dims"][-1],
-                        dropout=dropout, local_radii=local_radii)
+                        dropout=dropout, local_radii=local_radii, head=rc.head, group_sizes=rc.group_sizes)
     settings = {"points": points, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "weight_decay": weight_decay, "warmup_epochs": warmup, "label_smoothing": smoothing,
                 "dropout": dropout, "val_frac": val_frac if select_on == "val" else None,
                 "select_on": select_on, "votes": votes, "local_radii": list(local_radii or []),
-                "head": "meanmax MLP 256-256-classes", "checkpoint": ckpt, "data": data, "seed": seed}
+                "head": "meanmax MLP 256-256-classes", "checkpoint": ckpt, "data": data, "seed": seed,
+                **({} if recipe is None else rc.settings())}
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     state = ft.train(clf, data_parts, outp, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, warmup=warmup, smoothing=smoothing, select_on=select_on,
-                     seed=seed, device=dev, settings=settings, resume=resume, progress=progress)
+                     seed=seed, device=dev, settings=settings, resume=resume, progress=progress, recipe=rc,
+                     sample_points=points if rc.fps_pool else None)
     probs1 = ft.predict(clf, Xte, batch_size, dev, 1, seed)
-    probs = ft.predict(clf, Xte, batch_size, dev, votes, seed) if votes > 1 else probs1
+    probs = ft.predict(clf, Xte, batch_size, dev, votes, seed, pools.get("test")) if votes > 1 else probs1
     pred = probs.argmax(1)
     result = {**_base("finetune", data, info, seed, {**settings, "device": str(dev)}, splits),
               "accuracy": float(np.mean(pred == yte)), "accuracy_no_vote": float(np.mean(probs1.argmax(1) == yte)),

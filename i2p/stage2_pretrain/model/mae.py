@@ -282,13 +282,28 @@ def build_model(cfg: ModelConfig) -> I2PMAE:
     return I2PMAE(cfg)
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+# The parameters whose name in the official model contains 'token' (``h_encoder.token_embed``,
+# ``mask_token``, ``token_prop``), by their i2p names: the official ``add_weight_decay`` exempts
+# them from weight decay.
+OFFICIAL_TOKEN_PARAMS = ("encoder.embeds.", "decoder.mask_token", "decoder.fuse.")
+
+
+def decay_exempt(name: str, p: torch.Tensor, rule: str = "i2p") -> bool:
+    """Whether parameter ``name`` gets no weight decay: 1-D tensors and biases; with ``rule=
+    'official'`` also the official 'token' parameters (:data:`OFFICIAL_TOKEN_PARAMS`, and any
+    name containing 'token')."""
+    if p.ndim <= 1 or name.endswith(".bias"):
+        return True
+    return rule == "official" and ("token" in name or name.startswith(OFFICIAL_TOKEN_PARAMS))
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float, rule: str = "i2p") -> list[dict]:
     """AdamW parameter groups as in Point-MAE / Point-M2AE: no weight decay on biases and 1-D
-    parameters (norm scales), decay on everything else. Decoupled decay also shrinks
-    parameters whose gradient is zero, so norms must be exempt."""
+    parameters (norm scales), decay on everything else (:func:`decay_exempt`). Decoupled decay
+    also shrinks parameters whose gradient is zero, so norms must be exempt."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        (no_decay if decay_exempt(name, p, rule) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
