@@ -10,6 +10,7 @@ if [[ ${1:-} == cache=* ]]; then CACHE=${1#cache=}; shift; fi
 CACHE=${CACHE:-/work/runs/cache-shrec-train}; RUNS=${RUNS:-/work/runs}; SHREC=${SHREC:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/data/shrec16}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${OMP_NUM_THREADS:-1}
 out=$RUNS/$name-s$seed-e$epochs
+[[ -e $out.log ]] && { echo "skip $out: it has a log (run or running)"; exit 0; }
 i2p pretrain --cache "$CACHE" --out "$out" --config tiny --epochs "$epochs" --seed "$seed" --workers 0 "$@" > "$out.log" 2>&1
 i2p eval svm --ckpt "$out/last.ckpt" --data "meshes:$SHREC" --out "$out/svm-shrec" >> "$out.log" 2>&1
 python - "$out" "$name" "$seed" "$epochs" "$* (cache $CACHE)" <<'PY'
