@@ -34,6 +34,7 @@ def cache_info(url: str) -> dict:
         "image_size": s["image_size"],
         "points": s["num_points"],
         "feature_shape": s["feature_shape"],
+        "aug_renders": s.get("aug_renders", 0),
         "data_spec": s["data_spec"],
         "split": s["split"],
         "data_fingerprint": s["data_fingerprint"],
@@ -63,7 +64,7 @@ def verify_cache(url: str, progress: bool = False) -> list[str]:
     for shard in shards:
         lo, hi = layout.shard_range(shard)
         keep = np.array([i not in skipped for i in range(lo, hi)])
-        for name in cs.DATA_ARRAYS:
+        for name in layout.array_specs():  # DATA_ARRAYS, plus the aug_* arrays of --aug-renders
             try:
                 block = root[name][lo:hi]
             except Exception as exc:  # unreadable / corrupt shard file

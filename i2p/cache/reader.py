@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from i2p.cache import store as cs
+from i2p.cache.augment import apply_transform
 from i2p.common.errors import CacheError
 from i2p.common.geometry import stable_seed
 
@@ -37,14 +38,25 @@ def open_for_training(url: str, num_points: int | None = None) -> dict:
     return attrs
 
 
+def augmentation_draw(seed: int, epoch: int, index: int, scale_range: tuple[float, float] = (2 / 3, 3 / 2),
+                      shift_range: float = 0.2, renders: int = 0) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """The augmentation of sample ``index`` in ``epoch``, drawn from ``(seed, epoch, index)``:
+    ``(scale [1,3], shift [1,3], render)`` with per-axis scale U[scale_range], shift
+    U[-shift_range, shift_range], and, when the cache holds ``renders`` K > 0 augmented renders,
+    the one picked (uniform over 0..K-1, drawn after the scale and shift, which therefore do not
+    change); ``render`` is None when ``renders`` is 0."""
+    rng = np.random.default_rng(stable_seed(seed, epoch, int(index)))
+    scale = rng.uniform(*scale_range, size=(1, 3))
+    shift = rng.uniform(-shift_range, shift_range, size=(1, 3))
+    render = int(rng.integers(renders)) if renders > 0 else None
+    return scale.astype(np.float32), shift.astype(np.float32), render
+
+
 def augmentation_params(seed: int, epoch: int, index: int, scale_range: tuple[float, float] = (2 / 3, 3 / 2),
                         shift_range: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """``(scale [1,3], shift [1,3])`` float32 of sample ``index`` in ``epoch``: per-axis scale
     U[scale_range], shift U[-shift_range, shift_range], drawn from ``(seed, epoch, index)``."""
-    rng = np.random.default_rng(stable_seed(seed, epoch, int(index)))
-    scale = rng.uniform(*scale_range, size=(1, 3))
-    shift = rng.uniform(-shift_range, shift_range, size=(1, 3))
-    return scale.astype(np.float32), shift.astype(np.float32)
+    return augmentation_draw(seed, epoch, index, scale_range, shift_range)[:2]
 
 
 def official_order(points: np.ndarray, scale: np.ndarray, shift: np.ndarray, seed: int, epoch: int,
@@ -72,14 +84,26 @@ class CacheDataset(torch.utils.data.Dataset):
     Keys: ``points [P,3] f32``, ``features [V,h,w,C] f16`` and ``saliency [V,h,w] f32`` (unless
     ``with_targets=False``, e.g. for the online teacher), ``proj [V,5]``, ``label``, ``index``,
     ``scale [1,3]``, ``shift [1,3]`` (augmentation; identity when ``augment`` is False).
+
+    ``aug_renders=True`` (a cache built with ``--aug-renders K``): when augmenting, each sample
+    shows one of its K augmented renders, picked by :func:`augmentation_draw`: ``points`` are
+    the stored cloud transformed by that render's parameters (exactly as the teacher saw it),
+    ``features``/``saliency``/``proj`` are that render's, the random scale/shift is not applied
+    (identity), and ``render`` is the pick (-1: the plain render).
     """
 
     def __init__(self, url: str, with_targets: bool = True, augment: bool = False, seed: int = 0,
                  scale_range: tuple[float, float] = (2 / 3, 3 / 2), shift_range: float = 0.2,
-                 index_offset: int = 0, sampling: str = "fixed", draw: int | None = None):
+                 index_offset: int = 0, sampling: str = "fixed", draw: int | None = None,
+                 aug_renders: bool = False):
         root = cs.open_store(url)
         skipped = {s["index"] for s in root.attrs.get("skips", [])}
-        n = cs.layout_of(root).num_samples
+        layout = cs.layout_of(root)
+        n = layout.num_samples
+        if aug_renders and layout.aug_renders < 1:
+            raise CacheError(f"cache {url} has no augmented renders (built without --aug-renders): rebuild it "
+                             "with `i2p cache build ... --aug-renders K` or drop data.aug_renders")
+        self.renders = layout.aug_renders if aug_renders else 0
         self.url = url
         self.num_samples = n
         self.index_offset = index_offset  # makes ``index`` unique across several caches
@@ -123,23 +147,35 @@ class CacheDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
-        item = {
-            "points": torch.from_numpy(np.ascontiguousarray(self._array("points")[i])),
-            "proj": torch.from_numpy(np.ascontiguousarray(self._array("proj")[i])),
-            "label": int(self.labels_all[i]),
-            "index": i + self.index_offset,
-        }
-        if self.with_targets:
-            item["features"] = torch.from_numpy(np.ascontiguousarray(self._array("features")[i]))
-            item["saliency"] = torch.from_numpy(np.ascontiguousarray(self._array("saliency")[i]))
+        j = i + self.index_offset
+        render = None
         if self.augment:
-            scale, shift = augmentation_params(self.seed, self.epoch, i + self.index_offset, self.scale_range,
-                                               self.shift_range)
+            scale, shift, render = augmentation_draw(self.seed, self.epoch, j, self.scale_range, self.shift_range,
+                                                     self.renders)
         else:
             scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
+        points = np.ascontiguousarray(self._array("points")[i])
+        if render is None:
+            names = ("proj", "features", "saliency")
+            read = lambda name: self._array(name)[i]  # noqa: E731
+        else:  # the teacher's view of the transformed cloud; that transform replaces scale/shift
+            names = ("aug_proj", "aug_features", "aug_saliency")
+            read = lambda name: self._array(name)[i, render]  # noqa: E731
+            points = apply_transform(points, self._array("aug_params")[i, render])
+            scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
+        item = {
+            "points": torch.from_numpy(points),
+            "proj": torch.from_numpy(np.ascontiguousarray(read(names[0]))),
+            "label": int(self.labels_all[i]),
+            "index": j,
+            "render": -1 if render is None else render,
+        }
+        if self.with_targets:
+            item["features"] = torch.from_numpy(np.ascontiguousarray(read(names[1])))
+            item["saliency"] = torch.from_numpy(np.ascontiguousarray(read(names[2])))
         if self.sampling == "official":
             item["points"], scale, shift = official_order(item["points"].numpy(), scale, shift, self.seed,
-                                                          self.epoch, i + self.index_offset, self.draw)
+                                                          self.epoch, j, self.draw)
         item["scale"] = torch.from_numpy(scale)
         item["shift"] = torch.from_numpy(shift)
         return item

@@ -10,6 +10,17 @@ Layout (first axis = sample)::
     id        [N]          str      written once at creation
     shards/NNNNN           group    completion marker of shard NNNNN (attrs: skips, timings)
 
+Only with ``--aug-renders K`` (settings ``aug_renders`` > 0; see :mod:`i2p.cache.augment`)::
+
+    aug_features [N,K,V,h,w,C] float16  teacher maps of K transformed copies of each cloud
+    aug_saliency [N,K,V,h,w]   float32
+    aug_proj     [N,K,V,5]     float32  raster params of each transformed cloud
+    aug_params   [N,K,7]       float32  each transform: scale xyz, shift xyz, angle about y
+
+These arrays are additive (one render per inner chunk): a cache without them is the same
+format, and a reader that does not know them reads the rest unchanged, so the format version
+stays 1.
+
 Why this shape: samples are sharded 64 to a shard file with one sample per inner chunk (random
 sample reads are ~20x faster than with 64-sample chunks); arrays are pre-allocated with a NaN
 fill so an unwritten sample is loud, never silent zeros; a shard's data is written whole (one
@@ -40,6 +51,7 @@ class CacheLayout:
     num_points: int
     views: int
     feature_shape: tuple[int, int, int]  # h, w, C
+    aug_renders: int = 0  # K augmented renders per shape (0: none, no aug_* arrays)
 
     @property
     def num_shards(self) -> int:
@@ -49,14 +61,22 @@ class CacheLayout:
         return shard * SHARD, min((shard + 1) * SHARD, self.num_samples)
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        n, p, v = self.num_samples, self.num_points, self.views
+        n, p, v, k = self.num_samples, self.num_points, self.views, self.aug_renders
         h, w, c = self.feature_shape
-        return {
+        specs = {
             "points": ((n, p, 3), "float32"),
             "features": ((n, v, h, w, c), "float16"),
             "saliency": ((n, v, h, w), "float32"),
             "proj": ((n, v, 5), "float32"),
         }
+        if k > 0:
+            specs.update({
+                "aug_features": ((n, k, v, h, w, c), "float16"),
+                "aug_saliency": ((n, k, v, h, w), "float32"),
+                "aug_proj": ((n, k, v, 5), "float32"),
+                "aug_params": ((n, k, 7), "float32"),
+            })
+        return specs
 
 
 def _racing(make, attempts: int = 20):
@@ -70,6 +90,12 @@ def _racing(make, attempts: int = 20):
     return make()
 
 
+def _inner_chunk(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One sample per inner chunk; for the aug_* arrays one render of one sample (training
+    reads one of the K)."""
+    return (1, 1) + shape[2:] if name.startswith("aug_") else (1,) + shape[1:]
+
+
 def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels: np.ndarray,
                  ids: list[str], extra_attrs: dict[str, Any]) -> zarr.Group:
     """Pre-allocate every array and write labels, ids and the settings attributes.
@@ -78,7 +104,7 @@ def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels
     """
     root = _racing(lambda: zarr.open_group(url, mode="a"))
     n = max(layout.num_samples, 1)
-    specs = {name: dict(shape=shape, dtype=dtype, chunks=(1,) + shape[1:], shards=(SHARD,) + shape[1:],
+    specs = {name: dict(shape=shape, dtype=dtype, chunks=_inner_chunk(name, shape), shards=(SHARD,) + shape[1:],
                         fill_value=np.nan) for name, (shape, dtype) in layout.array_specs().items()}
     specs["label"] = dict(shape=(layout.num_samples,), dtype="int64", chunks=(n,), fill_value=-1)
     specs["id"] = dict(shape=(layout.num_samples,), dtype=str, chunks=(n,))
@@ -103,7 +129,11 @@ def open_store(url: str, mode: str = "r") -> zarr.Group:
         raise CacheError(f"no i2p cache at {url} ({type(exc).__name__})") from None
     if "format_version" not in root.attrs:
         raise CacheError(f"{url} is not an i2p cache (no format_version attribute)")
-    if root.attrs["format_version"] != FORMAT_VERSION:
+    version = root.attrs["format_version"]
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CacheError(f"cache {url} has format version {version}, newer than this i2p reads "
+                         f"({FORMAT_VERSION}): upgrade i2p to read it")
+    if version != FORMAT_VERSION:
         raise CacheError(f"cache {url} has format version {root.attrs['format_version']}, "
                          f"this i2p reads version {FORMAT_VERSION}: rebuild it with `i2p cache build`")
     return root
@@ -111,7 +141,8 @@ def open_store(url: str, mode: str = "r") -> zarr.Group:
 
 def layout_of(root: zarr.Group) -> CacheLayout:
     s = root.attrs["settings"]
-    return CacheLayout(s["num_samples"], s["num_points"], s["views"], tuple(s["feature_shape"]))
+    return CacheLayout(s["num_samples"], s["num_points"], s["views"], tuple(s["feature_shape"]),
+                       int(s.get("aug_renders") or 0))
 
 
 def done_shards(root: zarr.Group) -> dict[int, dict]:

@@ -27,6 +27,7 @@ from i2p.cache import store as cs
 from i2p.common.datasets import PointDataset, create_dataset
 from i2p.common.device import resolve_device
 from i2p.common.errors import CacheError, SampleError, UserError
+from i2p.stage1_project.aug_renders import AUG_LEGACY, AugRenders, aug_settings, write_aug_renders
 from i2p.stage1_project.projection import IMAGE_SIZE, VIEW_AXES, project, set_teacher_input, to_teacher_input
 
 PHASES = ("read", "project", "teacher", "write")
@@ -56,6 +57,7 @@ class BuildConfig:
     denoise: int = 0
     denoise_sigma: float = 0.01
     teacher_input: str = "teacher"  # projection.set_teacher_input; recorded as teacher_mean/std
+    aug: AugRenders = field(default_factory=AugRenders)  # augmented renders (--aug-renders K)
 
 
 @dataclass
@@ -128,13 +130,12 @@ def _settings(cfg: BuildConfig, ds: PointDataset, teacher_info: dict, layout: cs
         "teacher_std": list(teacher_info["std"]),
         "projection": cfg.projection,
         "denoise": int(cfg.denoise),
-        "denoise_sigma": float(cfg.denoise_sigma) if cfg.denoise else None,
-    }
+        "denoise_sigma": float(cfg.denoise_sigma) if cfg.denoise else None, **aug_settings(cfg.aug)}
 
 
 # Settings added after format version 1 was fixed; a cache written before them used these
 # values, so it is still read (and resumed) as such.
-LEGACY_DEFAULTS = {"projection": "sum", "denoise": 0, "denoise_sigma": None}
+LEGACY_DEFAULTS = {"projection": "sum", "denoise": 0, "denoise_sigma": None, **AUG_LEGACY}
 
 
 def _load_one(ds: PointDataset, index: int) -> tuple[int, np.ndarray | None, str | None]:
@@ -257,7 +258,7 @@ def prepare_store(cfg: BuildConfig, ds: PointDataset, teacher, warn: bool = True
     if tinfo["is_random"] and warn:
         warnings.warn(f"teacher {cfg.teacher} uses RANDOM weights (--teacher-weights random): "
                       "features carry no 2D knowledge; this is recorded in the cache", stacklevel=1)
-    layout = cs.CacheLayout(len(ds), cfg.points, len(VIEW_AXES), tuple(teacher.feature_shape))
+    layout = cs.CacheLayout(len(ds), cfg.points, len(VIEW_AXES), tuple(teacher.feature_shape), cfg.aug.renders)
     settings = _settings(cfg, ds, tinfo, layout)
     root = _open_or_create(cfg, layout, settings, ds)
     shard_i, shard_n = cfg.shard
@@ -281,7 +282,9 @@ def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher,
         root["saliency"][lo:hi] = sal
         root["proj"][lo:hi] = proj
         root["points"][lo:hi] = pts
-        t_write = time.perf_counter() - t0
+        t_proj, t_teach, t_write = write_aug_renders(cfg, root, layout, pts, lo, lambda p: _compute(
+            p, teacher, device, cfg.batch_size, layout, cfg.projection, cfg.denoise, cfg.denoise_sigma, cfg.seed, lo),
+            (t_proj, t_teach, time.perf_counter() - t0))
         timing = {"read": t_read, "project": t_proj, "teacher": t_teach, "write": t_write}
         cs.mark_shard_done(root, shard, {"skips": skips, "timings": timing, "samples": hi - lo,
                                          "host": platform.node()})
@@ -351,8 +354,8 @@ def _open_or_create(cfg: BuildConfig, layout: cs.CacheLayout, settings: dict, ds
     if has and cfg.overwrite:
         zarr.open_group(cfg.out, mode="w")  # clears the store, local or remote
         has = False
-    elif has and {**LEGACY_DEFAULTS, **existing.attrs["settings"]} != settings:
-        old = {**LEGACY_DEFAULTS, **existing.attrs["settings"]}
+    elif has and {**LEGACY_DEFAULTS, **existing.attrs["settings"]} != {**LEGACY_DEFAULTS, **settings}:
+        old, settings = {**LEGACY_DEFAULTS, **existing.attrs["settings"]}, {**LEGACY_DEFAULTS, **settings}
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         raise CacheError(f"{cfg.out} holds a cache built with other settings ({', '.join(diff)} differ); "
                          "pass --overwrite to replace it or choose another --out")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Tuple
 
 import typer
 
@@ -38,6 +38,12 @@ def build(
     teacher_input: TeacherInput = typer.Option(TeacherInput.teacher, help="Normalisation of the teacher's "
                                                "input images: teacher (its own mean/std) or official (ImageNet's, "
                                                "as the official I2P-MAE feeds CLIP)"),
+    aug_renders: int = typer.Option(0, help="Also store K renders per shape of seeded transformed copies of the "
+                                    "cloud (train on them with --set data.aug_renders=true); 0 = none"),
+    aug_scale: Tuple[float, float] = typer.Option((2 / 3, 3 / 2), help="LO HI: per-axis scale range of "
+                                                  "--aug-renders"),
+    aug_shift: float = typer.Option(0.2, help="Shift range (+-) of --aug-renders"),
+    aug_rotate: float = typer.Option(0.0, help="Rotation range (+- degrees, about the y axis) of --aug-renders"),
     dask: Optional[str] = typer.Option(None, help="Spread shards over dask workers: local:K (K worker "
                                        "processes here) or tcp://HOST:PORT (a running scheduler)"),
 ) -> None:
@@ -47,13 +53,15 @@ def build(
     from rich.console import Console
 
     from i2p.common.errors import UserError
+    from i2p.stage1_project.aug_renders import AugRenders
     from i2p.stage1_project.build import BuildConfig, build_cache, parse_shard, summary_line
 
     cfg = BuildConfig(data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, split=value(split),
                       points=points, batch_size=batch_size, device=device, shard=parse_shard(shard),
                       limit=limit, overwrite=overwrite, seed=seed, read_workers=read_workers, progress=progress,
                       projection=value(projection), denoise=denoise, denoise_sigma=denoise_sigma,
-                      teacher_input=value(teacher_input))
+                      teacher_input=value(teacher_input),
+                      aug=AugRenders(aug_renders, tuple(aug_scale), aug_shift, aug_rotate))
     if projection not in ("sum", "zbuffer"):
         raise UserError(f"--projection must be sum or zbuffer (got {projection!r})")
     if dask:

@@ -66,6 +66,11 @@ class DataConfig:
     # cached 2D targets stay exact). With 'official', ``points`` may be below the cache's count:
     # each epoch then draws that many of the cached points (the official 2048 of 8192).
     sampling: Literal["fixed", "official"] = "fixed"
+    # Augmentation-aware targets (a cache built with ``--aug-renders K``): each sample, each
+    # epoch, shows one of its K augmented renders (picked by the augmentation draw) -- the
+    # points transformed as the teacher saw them, with that render's maps -- instead of the
+    # random scale/shift of the plain render. Needs ``augment``; refused on a cache without them.
+    aug_renders: bool = False
 
 
 @dataclass
@@ -143,6 +148,9 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
     """Preset name or YAML file, then ``--set`` overrides, then explicit CLI options (``direct``:
     nested dict of values that are not None)."""
     cfg = cfgutil.resolve(PRESETS, config, [_alias(o) for o in overrides or ()], direct)
+    if cfg.data.aug_renders and not cfg.data.augment:
+        raise cfgutil.ConfigError("data.aug_renders=true picks an augmented render per sample: it needs "
+                                  "data.augment=true")
     try:
         cfg.model.validate()
     except ValueError as exc:

@@ -185,7 +185,8 @@ class _Run:
         self.full_ds = MultiCacheDataset(self.caches, with_targets=not cfg.online_teacher, augment=cfg.data.augment,
                                          seed=cfg.seed, scale_range=(cfg.data.scale_low, cfg.data.scale_high),
                                          shift_range=cfg.data.shift, sampling=cfg.data.sampling,
-                                         draw=cfg.data.points if cfg.data.sampling == "official" else None)
+                                         draw=cfg.data.points if cfg.data.sampling == "official" else None,
+                                         aug_renders=cfg.data.aug_renders)
         self.train_pos, self.held_pos = split_holdout(len(self.full_ds), cfg.data.holdout)
         self.ds = torch.utils.data.Subset(self.full_ds, self.train_pos)
         self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(self.ds), cfg.optim.batch_size)
