@@ -149,6 +149,25 @@ def test_picked_render_gives_the_targets_of_the_transformed_cloud(aug_cache):
                                                     plain[2]["points"])
 
 
+def test_official_sampling_orders_the_transformed_cloud(aug_cache):
+    ds = CacheDataset(aug_cache, augment=True, seed=2, aug_renders=True, sampling="official")
+    ref = CacheDataset(aug_cache, augment=True, seed=2, aug_renders=True)
+    ds.set_epoch(1)
+    ref.set_epoch(1)
+    item, moved = ds[4], ref[4]
+    assert item["render"] == moved["render"] and torch.equal(item["proj"], moved["proj"])
+    # a permutation of the transformed cloud (targets read there), its pc_norm in scale/shift
+    assert torch.equal(torch.sort(item["points"], dim=0)[0], torch.sort(moved["points"], dim=0)[0])
+    seen = item["points"] * item["scale"] + item["shift"]
+    assert float(seen.norm(dim=1).max()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_online_teacher_on_aug_renders_runs(aug_cache, tmp_path):
+    cfg = pcfg.resolve("tiny", FAST + ["data.aug_renders=true", "online_teacher=true"])
+    assert pretrain(aug_cache, str(tmp_path / "run"), cfg, max_steps=2).step == 2
+    assert all(math.isfinite(r["loss"]) for r in _losses(tmp_path / "run"))
+
+
 def test_training_on_aug_renders_runs_and_loss_falls(aug_cache, tmp_path):
     cfg = pcfg.resolve("tiny", FAST + ["optim.epochs=8", "data.aug_renders=true", "optim.lr=2e-3"])
     res = pretrain(aug_cache, str(tmp_path / "run"), cfg)
