@@ -222,3 +222,15 @@ def test_cli_flags_build_an_aug_cache(tmp_path):
     s = zarr.open_group(str(out), mode="r").attrs["settings"]
     assert (s["aug_renders"], s["aug_scale"], s["aug_shift"], s["aug_rotate"]) == (1, [0.9, 1.1], 0.1, 5.0)
     assert zarr.open_group(str(out), mode="r")["aug_params"].shape == (3, 1, 7)
+
+
+def test_array_jobs_build_the_same_aug_arrays(tmp_path):
+    spec = "builtin:primitives?n_train=6&n_test=1"  # 78 shapes: 2 shards
+    aug = AugRenders(renders=1, rotate=20.0)
+    build_small_cache(tmp_path / "one", data=spec, points=128, aug=aug)
+    for i in (1, 0):
+        build_small_cache(tmp_path / "two", data=spec, points=128, aug=aug, shard=(i, 2))
+    a, b = zarr.open_group(str(tmp_path / "one"), mode="r"), zarr.open_group(str(tmp_path / "two"), mode="r")
+    assert b.attrs["complete"] is True
+    for name in ("aug_features", "aug_saliency", "aug_proj", "aug_params"):
+        assert np.array_equal(np.asarray(a[name][:]), np.asarray(b[name][:]), equal_nan=True), name
