@@ -234,3 +234,24 @@ def test_array_jobs_build_the_same_aug_arrays(tmp_path):
     assert b.attrs["complete"] is True
     for name in ("aug_features", "aug_saliency", "aug_proj", "aug_params"):
         assert np.array_equal(np.asarray(a[name][:]), np.asarray(b[name][:]), equal_nan=True), name
+
+
+def test_skipped_sample_has_no_aug_render_and_verify_still_passes(tmp_path):
+    root = tmp_path / "meshes"
+    for name, text in (("good", "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n"),
+                       ("nan", "v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")):
+        (root / "a" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "a" / "train" / f"{name}.obj").write_text(text)
+    out = tmp_path / "c"
+    assert build_small_cache(out, data=f"meshes:{root}", points=64, aug=AugRenders(renders=2)).complete
+    g = zarr.open_group(str(out), mode="r")
+    bad = [s["index"] for s in g.attrs["skips"]]
+    good = 1 - bad[0]
+    assert len(bad) == 1 and np.isnan(g["aug_params"][bad[0]]).all() and np.isnan(g["aug_features"][bad[0]]).all()
+    assert np.isfinite(g["aug_features"][good]).all()
+    assert verify_cache(str(out)) == []
+    ds = CacheDataset(str(out), augment=True, aug_renders=True)
+    assert len(ds) == 1 and torch.isfinite(ds[0]["features"].float()).all()
+    zarr.open_group(str(out), mode="r+")["aug_saliency"][good, 1] = np.nan  # an unwritten aug render
+    problems = verify_cache(str(out))
+    assert len(problems) == 1 and "aug_saliency" in problems[0], problems
