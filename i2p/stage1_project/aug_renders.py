@@ -2,9 +2,10 @@
 
 Besides the render of the stored cloud, each shape gets K renders of seeded transformed copies
 of it (:func:`i2p.cache.augment.render_params`: per-axis scale, shift, angle about the up
-axis), through the same projection and teacher as the plain render; the maps, raster params and
-transform parameters go to the ``aug_*`` arrays (:mod:`i2p.cache.store`). Training then shows
-the network exactly a transformed cloud the teacher saw (``--set data.aug_renders=true``).
+axis), through the same projection, teacher and ``--denoise`` averaging as the plain render;
+the maps, raster params and transform parameters go to the ``aug_*`` arrays
+(:mod:`i2p.cache.store`), written with the shard before its completion marker. Training then
+shows the network exactly a transformed cloud the teacher saw (``--set data.aug_renders=true``).
 """
 
 from __future__ import annotations

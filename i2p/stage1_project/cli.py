@@ -38,7 +38,7 @@ def build(
     teacher_input: TeacherInput = typer.Option(TeacherInput.teacher, help="Normalisation of the teacher's "
                                                "input images: teacher (its own mean/std) or official (ImageNet's, "
                                                "as the official I2P-MAE feeds CLIP)"),
-    aug_renders: int = typer.Option(0, help="Also store K renders per shape of seeded transformed copies of the "
+    aug_renders: int = typer.Option(0, min=0, help="Also store K renders per shape of seeded transformed copies of the "
                                     "cloud (train on them with --set data.aug_renders=true); 0 = none"),
     aug_scale: Tuple[float, float] = typer.Option((2 / 3, 3 / 2), help="LO HI: per-axis scale range of "
                                                   "--aug-renders"),
