@@ -1,4 +1,13 @@
-"""Device selection: one place decides, nothing hard-codes CUDA."""
+"""Device selection: one place decides, nothing hard-codes CUDA.
+
+On the CPU it also switches torch to its deterministic kernels (:func:`deterministic_cpu`).
+Why: the backward of advanced indexing with repeated indices (``x[rows, idx]``, how a level's
+tokens gather their members) is ``index_put_(accumulate=True)``, which on a multi-threaded CPU
+adds with atomic float additions in whatever order the threads reach them. On a busy machine
+(data-loader workers competing with the main process) two identical runs then differed in the
+last bit from a few steps on, and a resumed run drifted from the uninterrupted one. The
+deterministic kernel accumulates serially; the promise "bit-identical on CPU" rests on it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,20 @@ import torch
 from i2p.common.errors import UserError
 
 
+def deterministic_cpu(device: torch.device) -> torch.device:
+    """On the CPU: torch's deterministic algorithms (warn-only: an op without one still runs),
+    without filling fresh tensors with NaN (nothing reads uninitialised memory; it costs time)."""
+    if device.type == "cpu" and not torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    return device
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    return deterministic_cpu(_resolve(name))
+
+
+def _resolve(name: str | torch.device) -> torch.device:
     if isinstance(name, torch.device):
         return name
     if name == "auto":
