@@ -261,9 +261,14 @@ class _Run:
                            "teacher_weights_sha256": s["teacher_weights_sha256"],
                            "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs]},
                  "i2p_version": __version__}
-        save_checkpoint(state, self.last, keep_previous=True)
-        if tag_epoch is not None and cfg.log.keep_every_epochs and tag_epoch % cfg.log.keep_every_epochs == 0:
-            save_checkpoint(state, self.run_dir / f"epoch-{tag_epoch:04d}.ckpt")
+        try:
+            save_checkpoint(state, self.last, keep_previous=True)
+            if tag_epoch is not None and cfg.log.keep_every_epochs and tag_epoch % cfg.log.keep_every_epochs == 0:
+                save_checkpoint(state, self.run_dir / f"epoch-{tag_epoch:04d}.ckpt")
+        except OSError as exc:  # disk full, quota, I/O error: the previous checkpoint is untouched
+            raise TrainingError(f"cannot write the checkpoint of step {self.step} in {self.run_dir} "
+                                f"({exc.strerror or exc}); the previous checkpoint is intact: free space and "
+                                "re-run the same command to resume") from None
 
     # ------------------------------------------------------------------ the loop
     def loop(self, max_steps: int | None = None) -> RunResult:
