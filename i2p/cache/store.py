@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.codecs
 
 from i2p.common.errors import CacheError
 
@@ -78,8 +79,11 @@ def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels
     """
     root = _racing(lambda: zarr.open_group(url, mode="a"))
     n = max(layout.num_samples, 1)
+    # Each one-sample chunk carries a CRC32C of its compressed bytes: a flipped byte fails the read
+    # of exactly that sample (``i2p cache verify`` names it) instead of decoding to other numbers.
+    codecs = [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]
     specs = {name: dict(shape=shape, dtype=dtype, chunks=(1,) + shape[1:], shards=(SHARD,) + shape[1:],
-                        fill_value=np.nan) for name, (shape, dtype) in layout.array_specs().items()}
+                        fill_value=np.nan, compressors=codecs) for name, (shape, dtype) in layout.array_specs().items()}
     specs["label"] = dict(shape=(layout.num_samples,), dtype="int64", chunks=(n,), fill_value=-1)
     specs["id"] = dict(shape=(layout.num_samples,), dtype=str, chunks=(n,))
     for name, spec in specs.items():

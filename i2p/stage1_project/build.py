@@ -24,6 +24,7 @@ import torch
 
 from i2p import __version__
 from i2p.cache import store as cs
+from i2p.cache.inspect import damaged_shards
 from i2p.common.datasets import PointDataset, create_dataset
 from i2p.common.device import resolve_device
 from i2p.common.errors import CacheError, SampleError, UserError
@@ -261,8 +262,10 @@ def prepare_store(cfg: BuildConfig, ds: PointDataset, teacher, warn: bool = True
     shard_i, shard_n = cfg.shard
     finished = cs.done_shards(root)
     mine = [s for s in range(layout.num_shards) if s % shard_n == shard_i]
-    todo = [s for s in mine if s not in finished]
-    return root, layout, mine, todo
+    bad = damaged_shards(root, [s for s in mine if s in finished])  # a re-run repairs exactly these
+    if bad:
+        warnings.warn(f"rebuilding {len(bad)} damaged shards: {'; '.join(p[0] for p in bad.values())[:400]}")
+    return root, layout, mine, [s for s in mine if s not in finished or s in bad]
 
 
 def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher, device: torch.device,
