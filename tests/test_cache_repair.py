@@ -56,3 +56,23 @@ def test_flipped_bytes_and_nan_are_named_and_repaired_byte_identical(tmp_path):
     assert changed == [], changed  # every shard file as it was built the first time
     # the shard markers and the root attributes hold the build's timings: only those differ
     assert [p for p in before if before[p] != after.get(p) and p.parts[0] != "shards" and str(p) != "zarr.json"] == []
+
+
+def test_pretrain_refuses_a_damaged_cache_with_one_line(tmp_path):
+    from i2p.common.errors import CacheError
+    from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.train import pretrain
+
+    out = tmp_path / "c"
+    build_small_cache(out, data="builtin:primitives?n_train=2&n_test=1", points=512)
+    f = _shard_file(out, "features", 0)
+    data = bytearray(f.read_bytes())
+    for k in range(len(data) // 3, len(data) // 3 + 4):
+        data[k] ^= 0xFF
+    f.write_bytes(bytes(data))
+    cfg = pcfg.resolve("tiny", ["data.workers=0", "log.progress=false", "optim.batch_size=8", "optim.epochs=1",
+                                "data.holdout=0", "model.enc_depths=[1,1,1]"])
+    with pytest.raises(CacheError, match=r"features of sample \d+ \(shard 0\) cannot be read") as info:
+        pretrain(str(out), str(tmp_path / "run"), cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "last.ckpt").exists()

@@ -101,17 +101,31 @@ class CacheDataset(torch.utils.data.Dataset):
         state["_handles"] = {}
         return state
 
+    def _read(self, name: str, i: int) -> torch.Tensor:
+        """Sample ``i`` of array ``name``; a damaged chunk (CRC, codec) or a non-finite value
+        stops training with one line naming it, before anything is written."""
+        try:
+            x = np.ascontiguousarray(self._array(name)[i])
+        except Exception as exc:  # noqa: BLE001 - corrupt bytes surface as codec errors
+            raise CacheError(f"cache {self.url}: {name} of sample {i} (shard {i // cs.SHARD}) cannot be read "
+                             f"({type(exc).__name__}); run 'i2p cache verify' and re-run the cache build to "
+                             "repair it") from None
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise CacheError(f"cache {self.url}: {name} of sample {i} (shard {i // cs.SHARD}) holds NaN/Inf; "
+                             "run 'i2p cache verify' and re-run the cache build to repair it")
+        return torch.from_numpy(x)
+
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
         item = {
-            "points": torch.from_numpy(np.ascontiguousarray(self._array("points")[i])),
-            "proj": torch.from_numpy(np.ascontiguousarray(self._array("proj")[i])),
+            "points": self._read("points", i),
+            "proj": self._read("proj", i),
             "label": int(self.labels_all[i]),
             "index": i + self.index_offset,
         }
         if self.with_targets:
-            item["features"] = torch.from_numpy(np.ascontiguousarray(self._array("features")[i]))
-            item["saliency"] = torch.from_numpy(np.ascontiguousarray(self._array("saliency")[i]))
+            item["features"] = self._read("features", i)
+            item["saliency"] = self._read("saliency", i)
         if self.augment:
             scale, shift = augmentation_params(self.seed, self.epoch, i + self.index_offset, self.scale_range,
                                                self.shift_range)
