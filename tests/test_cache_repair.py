@@ -76,3 +76,34 @@ def test_pretrain_refuses_a_damaged_cache_with_one_line(tmp_path):
         pretrain(str(out), str(tmp_path / "run"), cfg)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_disk_full_during_a_shard_write_is_one_line_and_a_rerun_completes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from zarr.storage import LocalStore
+
+    from i2p.common.errors import CacheError
+
+    out = tmp_path / "c"
+    ref = tmp_path / "ref"
+    build_small_cache(ref, data=DATA, points=128)
+    original = LocalStore.set
+
+    async def full(self, key, value):
+        if key.startswith("features/c/1"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return await original(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full)
+    with pytest.raises(CacheError, match="cannot write shard 1 .*No space left on device.*re-run") as info:
+        build_small_cache(out, data=DATA, points=128)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(LocalStore, "set", original)
+    assert any("shard" in p for p in verify_cache(str(out)))  # shard 0 kept, shard 1 missing
+    build_small_cache(out, data=DATA, points=128)
+    assert verify_cache(str(out)) == []
+    a, b = _files(ref), _files(out)
+    data_files = [p for p in a if p.parts[0] in DATA_ARRAYS and p.parts[1] == "c"]
+    assert data_files and all(a[p] == b[p] for p in data_files)

@@ -128,6 +128,17 @@ def done_shards(root: zarr.Group) -> dict[int, dict]:
     return out
 
 
+def write_shard(root: zarr.Group, shard: int, lo: int, hi: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard's arrays (its marker comes after, from the caller). A failed write (disk
+    full, quota, I/O error) is one line; the shard has no marker, so a re-run redoes it."""
+    try:
+        for name, value in arrays.items():
+            root[name][lo:hi] = value
+    except OSError as exc:
+        raise CacheError(f"cannot write shard {shard} of the cache at {root.store} ({exc.strerror or exc}); "
+                         "the shards already written are kept: free space and re-run the same command") from None
+
+
 def mark_shard_done(root: zarr.Group, shard: int, attrs: dict) -> None:
     grp = _racing(lambda: root.require_group("shards"))
     grp.create_group(f"{shard:05d}", overwrite=True, attributes=attrs)

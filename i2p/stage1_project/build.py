@@ -278,10 +278,7 @@ def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher,
         feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout, cfg.projection,
                                                      cfg.denoise, cfg.denoise_sigma, cfg.seed, lo)
         t0 = time.perf_counter()
-        root["features"][lo:hi] = feats
-        root["saliency"][lo:hi] = sal
-        root["proj"][lo:hi] = proj
-        root["points"][lo:hi] = pts
+        cs.write_shard(root, shard, lo, hi, {"features": feats, "saliency": sal, "proj": proj, "points": pts})
         t_write = time.perf_counter() - t0
         timing = {"read": t_read, "project": t_proj, "teacher": t_teach, "write": t_write}
         cs.mark_shard_done(root, shard, {"skips": skips, "timings": timing, "samples": hi - lo,
