@@ -1,6 +1,6 @@
 """Device selection: one place decides, nothing hard-codes CUDA.
 
-On the CPU it also switches torch to its deterministic kernels (:func:`deterministic_cpu`).
+Pre-training on the CPU runs inside :func:`deterministic_cpu` (torch's deterministic kernels).
 Why: the backward of advanced indexing with repeated indices (``x[rows, idx]``, how a level's
 tokens gather their members) is ``index_put_(accumulate=True)``, which on a multi-threaded CPU
 adds with atomic float additions in whatever order the threads reach them. On a busy machine
@@ -11,22 +11,38 @@ deterministic kernel accumulates serially; the promise "bit-identical on CPU" re
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from i2p.common.errors import UserError
 
 
-def deterministic_cpu(device: torch.device) -> torch.device:
-    """On the CPU: torch's deterministic algorithms (warn-only: an op without one still runs),
-    without filling fresh tensors with NaN (nothing reads uninitialised memory; it costs time)."""
-    if device.type == "cpu" and not torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    return device
+@contextlib.contextmanager
+def deterministic_cpu(device: torch.device) -> Iterator[None]:
+    """While the block runs, on the CPU: torch's deterministic algorithms (warn-only: an op
+    without one still runs), without filling fresh tensors with NaN (nothing reads uninitialised
+    memory; it costs time). The previous settings come back afterwards: the mode changes some
+    kernels' summation order (stage 1's depth maps among them), so it is scoped to the runs that
+    promise bit-identical resumes rather than switched on for the whole process."""
+    if device.type != "cpu" or torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    return deterministic_cpu(_resolve(name))
+    if isinstance(name, torch.device):
+        return name
+    return _resolve(name)
 
 
 def _resolve(name: str | torch.device) -> torch.device:

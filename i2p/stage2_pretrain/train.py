@@ -28,7 +28,7 @@ import torch
 from i2p import __version__
 from i2p.cache.reader import MultiCacheDataset, open_many_for_training
 from i2p.common.checkpoint import load_model_state, save_checkpoint
-from i2p.common.device import resolve_device
+from i2p.common.device import deterministic_cpu, resolve_device
 from i2p.common.errors import UserError
 from i2p.common.schedules import warmup_cosine_factor
 from i2p.common.signals import StopOnSignal
@@ -141,7 +141,8 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     """Train from ``cache`` (one or several caches with the same teacher and settings) into run
     directory ``out``. ``max_steps`` stops early (tests)."""
     caches = [cache] if isinstance(cache, str) else list(cache)
-    return _Run(caches, Path(out), cfg, resume, probe_cache).loop(max_steps)
+    with deterministic_cpu(resolve_device(cfg.device)):  # bit-identical runs and resumes on the CPU
+        return _Run(caches, Path(out), cfg, resume, probe_cache).loop(max_steps)
 
 
 def _placement(device_name: str) -> tuple[torch.device, DistInfo]:
