@@ -3,6 +3,9 @@
 ``I2P_TEST_KILL_AT_SHARD=k`` makes the process SIGKILL itself after shard k's arrays are
 written but before its completion marker: the worst moment for a crash.
 ``I2P_TEST_KILL_AT_STEP=s`` makes a pretrain SIGKILL itself right after logging step s.
+``I2P_TEST_KILL_IN_CKPT=s`` makes it SIGKILL itself while writing the checkpoint of step s
+(half of the bytes in the temporary file); ``I2P_TEST_KILL_IN_ROTATE=s`` between moving the
+old ``last.ckpt`` to ``last.ckpt.prev`` and renaming the new one into place.
 """
 
 import os
@@ -38,6 +41,39 @@ if kill_step is not None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     MetricsLog.write = _killing_write
+
+ckpt_step = os.environ.get("I2P_TEST_KILL_IN_CKPT")
+rotate_step = os.environ.get("I2P_TEST_KILL_IN_ROTATE")
+if ckpt_step is not None or rotate_step is not None:
+    import io
+
+    import torch
+
+    from i2p.common import checkpoint as ck
+
+    _save, _replace = torch.save, os.replace
+    _current = {}
+
+    def _killing_save(obj, fh, *a, **k):
+        if isinstance(obj, dict) and obj.get("format") == ck.FORMAT:
+            _current["step"] = obj.get("step")
+            if ckpt_step is not None and obj.get("step") == int(ckpt_step):
+                buf = io.BytesIO()
+                _save(obj, buf, *a, **k)
+                data = buf.getvalue()
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return _save(obj, fh, *a, **k)
+
+    def _killing_replace(src, dst):
+        _replace(src, dst)
+        if (rotate_step is not None and str(dst).endswith("last.ckpt.prev")
+                and _current.get("step") == int(rotate_step)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ck.torch.save = _killing_save
+    ck.os.replace = _killing_replace
 
 from i2p.cli import main  # noqa: E402
 

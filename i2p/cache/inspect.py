@@ -62,21 +62,55 @@ def verify_cache(url: str, progress: bool = False) -> list[str]:
         from tqdm.auto import tqdm
         shards = tqdm(shards, desc="verify", unit="shard")
     for shard in shards:
-        lo, hi = layout.shard_range(shard)
-        keep = np.array([i not in skipped for i in range(lo, hi)])
-        for name in layout.array_specs():  # DATA_ARRAYS, plus the aug_* arrays of --aug-renders
-            try:
-                block = root[name][lo:hi]
-            except Exception as exc:  # unreadable / corrupt shard file
-                problems.append(f"shard {shard}: {name} unreadable ({type(exc).__name__}: {exc})")
-                continue
-            good = block[keep].reshape(int(keep.sum()), -1)
-            finite = np.isfinite(good.astype(np.float32)).all(axis=1)
-            if not finite.all():
-                bad = lo + int(np.flatnonzero(keep)[np.flatnonzero(~finite)[0]])
-                problems.append(f"shard {shard}: {name} has unwritten or non-finite values "
-                                f"for {int((~finite).sum())} samples (first: {bad})")
+        problems.extend(shard_problems(root, layout, shard, skipped))
     labels = np.asarray(root["label"][:])
     if (labels < 0).any():
         problems.append(f"{int((labels < 0).sum())} samples without a label")
     return problems
+
+
+def _bad_samples(arr, lo: int, hi: int, keep: np.ndarray) -> tuple[list[int], list[int]]:
+    """(unreadable, non-finite) sample indices of ``arr[lo:hi]``, read one sample at a time."""
+    unreadable, nonfinite = [], []
+    for i in range(lo, hi):
+        if not keep[i - lo]:
+            continue
+        try:
+            x = np.asarray(arr[i])
+        except Exception:  # noqa: BLE001 - corrupt chunk (CRC, codec) or shard index
+            unreadable.append(i)
+            continue
+        if not np.isfinite(x.astype(np.float32)).all():
+            nonfinite.append(i)
+    return unreadable, nonfinite
+
+
+def shard_problems(root, layout, shard: int, skipped=frozenset()) -> list[str]:
+    """One line per array of ``shard`` that is damaged: unreadable or non-finite samples, named."""
+    lo, hi = layout.shard_range(shard)
+    keep = np.array([i not in skipped for i in range(lo, hi)])
+    out = []
+    for name in layout.array_specs():  # DATA_ARRAYS, plus the aug_* arrays of --aug-renders
+        try:
+            if np.isfinite(root[name][lo:hi][keep].astype(np.float32)).all():
+                continue
+        except Exception:  # noqa: BLE001 - any read failure: look sample by sample
+            pass
+        unreadable, nonfinite = _bad_samples(root[name], lo, hi, keep)
+        if not unreadable and not nonfinite:  # only the shard as a whole failed to read
+            out.append(f"shard {shard}: {name} unreadable")
+        for what, idx in (("unreadable", unreadable), ("has unwritten or non-finite values", nonfinite)):
+            if idx:
+                out.append(f"shard {shard}: {name} {what} for {len(idx)} samples "
+                           f"({', '.join(map(str, idx[:8]))}{', ...' if len(idx) > 8 else ''})")
+    return out
+
+
+def damaged_shards(root, shards: list[int]) -> dict[int, list[str]]:
+    """Shard -> its problems, for the finished ``shards`` that are damaged (a build redoes them)."""
+    if not shards:
+        return {}
+    layout = cs.layout_of(root)
+    skipped = {k["index"] for m in cs.done_shards(root).values() for k in m.get("skips", [])}
+    found = {s: shard_problems(root, layout, s, skipped) for s in shards}
+    return {s: p for s, p in found.items() if p}

@@ -145,6 +145,21 @@ class CacheDataset(torch.utils.data.Dataset):
         state["_handles"] = {}
         return state
 
+    def _read(self, name: str, i: int, render: int | None = None) -> torch.Tensor:
+        """Sample ``i`` of array ``name`` (its augmented render ``render`` for the aug_* arrays);
+        a damaged chunk (CRC, codec) or a non-finite value stops training with one line naming
+        it, before anything is written."""
+        try:
+            x = np.ascontiguousarray(self._array(name)[i] if render is None else self._array(name)[i, render])
+        except Exception as exc:  # noqa: BLE001 - corrupt bytes surface as codec errors
+            raise CacheError(f"cache {self.url}: {name} of sample {i} (shard {i // cs.SHARD}) cannot be read "
+                             f"({type(exc).__name__}); run 'i2p cache verify' and re-run the cache build to "
+                             "repair it") from None
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise CacheError(f"cache {self.url}: {name} of sample {i} (shard {i // cs.SHARD}) holds NaN/Inf; "
+                             "run 'i2p cache verify' and re-run the cache build to repair it")
+        return torch.from_numpy(x)
+
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
         j = i + self.index_offset
@@ -154,25 +169,23 @@ class CacheDataset(torch.utils.data.Dataset):
                                                      self.renders)
         else:
             scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
-        points = np.ascontiguousarray(self._array("points")[i])
+        points = self._read("points", i).numpy()
         if render is None:
             names = ("proj", "features", "saliency")
-            read = lambda name: self._array(name)[i]  # noqa: E731
         else:  # the teacher's view of the transformed cloud; that transform replaces scale/shift
             names = ("aug_proj", "aug_features", "aug_saliency")
-            read = lambda name: self._array(name)[i, render]  # noqa: E731
             points = apply_transform(points, self._array("aug_params")[i, render])
             scale, shift = np.ones((1, 3), np.float32), np.zeros((1, 3), np.float32)
         item = {
-            "points": torch.from_numpy(points),
-            "proj": torch.from_numpy(np.ascontiguousarray(read(names[0]))),
+            "points": torch.from_numpy(np.ascontiguousarray(points)),
+            "proj": self._read(names[0], i, render),
             "label": int(self.labels_all[i]),
             "index": j,
             "render": -1 if render is None else render,
         }
         if self.with_targets:
-            item["features"] = torch.from_numpy(np.ascontiguousarray(read(names[1])))
-            item["saliency"] = torch.from_numpy(np.ascontiguousarray(read(names[2])))
+            item["features"] = self._read(names[1], i, render)
+            item["saliency"] = self._read(names[2], i, render)
         if self.sampling == "official":
             item["points"], scale, shift = official_order(item["points"].numpy(), scale, shift, self.seed,
                                                           self.epoch, j, self.draw)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.codecs
 
 from i2p.common.errors import CacheError
 
@@ -104,8 +105,12 @@ def create_store(url: str, layout: CacheLayout, settings: dict[str, Any], labels
     """
     root = _racing(lambda: zarr.open_group(url, mode="a"))
     n = max(layout.num_samples, 1)
+    # Each inner chunk (one sample; one render of one sample for the aug_* arrays) carries a
+    # CRC32C of its compressed bytes: a flipped byte fails the read of exactly that chunk
+    # (``i2p cache verify`` names the sample) instead of decoding to other numbers.
+    codecs = [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]
     specs = {name: dict(shape=shape, dtype=dtype, chunks=_inner_chunk(name, shape), shards=(SHARD,) + shape[1:],
-                        fill_value=np.nan) for name, (shape, dtype) in layout.array_specs().items()}
+                        fill_value=np.nan, compressors=codecs) for name, (shape, dtype) in layout.array_specs().items()}
     specs["label"] = dict(shape=(layout.num_samples,), dtype="int64", chunks=(n,), fill_value=-1)
     specs["id"] = dict(shape=(layout.num_samples,), dtype=str, chunks=(n,))
     for name, spec in specs.items():
@@ -153,6 +158,17 @@ def done_shards(root: zarr.Group) -> dict[int, dict]:
     for name, grp in root["shards"].groups():
         out[int(name)] = dict(grp.attrs)
     return out
+
+
+def write_shard(root: zarr.Group, shard: int, lo: int, hi: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard's arrays (its marker comes after, from the caller). A failed write (disk
+    full, quota, I/O error) is one line; the shard has no marker, so a re-run redoes it."""
+    try:
+        for name, value in arrays.items():
+            root[name][lo:hi] = value
+    except OSError as exc:
+        raise CacheError(f"cannot write shard {shard} of the cache at {root.store} ({exc.strerror or exc}); "
+                         "the shards already written are kept: free space and re-run the same command") from None
 
 
 def mark_shard_done(root: zarr.Group, shard: int, attrs: dict) -> None:

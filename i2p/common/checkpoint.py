@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from i2p.common.atomic import atomic_open
+from i2p.common.atomic import atomic_path
 from i2p.common.errors import UserError
 
 FORMAT = "i2p-ckpt-1"
@@ -29,10 +29,25 @@ class CheckpointError(UserError):
     """Unreadable, corrupt or mismatching checkpoint."""
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    with atomic_open(path, "wb", fsync=True) as fh:
-        torch.save({"format": FORMAT, **state}, fh)
-    return Path(path)
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaced (``last.ckpt.prev``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike, keep_previous: bool = False) -> Path:
+    """Write ``state`` atomically. ``keep_previous``: the file it replaces becomes
+    :func:`previous_path` once the new one is complete on disk, so a checkpoint that later turns
+    out unreadable (a disk fault, a copy cut short) still has an intact predecessor."""
+    path = Path(path)
+    with atomic_path(path, fsync=True) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+    return path
 
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:

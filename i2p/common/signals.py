@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped early by a signal, progress saved; re-run (requeue) to resume
 
 
 class StopOnSignal:

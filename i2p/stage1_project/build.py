@@ -24,6 +24,7 @@ import torch
 
 from i2p import __version__
 from i2p.cache import store as cs
+from i2p.cache.inspect import damaged_shards
 from i2p.common.datasets import PointDataset, create_dataset
 from i2p.common.device import resolve_device
 from i2p.common.errors import CacheError, SampleError, UserError
@@ -264,8 +265,10 @@ def prepare_store(cfg: BuildConfig, ds: PointDataset, teacher, warn: bool = True
     shard_i, shard_n = cfg.shard
     finished = cs.done_shards(root)
     mine = [s for s in range(layout.num_shards) if s % shard_n == shard_i]
-    todo = [s for s in mine if s not in finished]
-    return root, layout, mine, todo
+    bad = damaged_shards(root, [s for s in mine if s in finished])  # a re-run repairs exactly these
+    if bad:
+        warnings.warn(f"rebuilding {len(bad)} damaged shards: {'; '.join(p[0] for p in bad.values())[:400]}")
+    return root, layout, mine, [s for s in mine if s not in finished or s in bad]
 
 
 def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher, device: torch.device,
@@ -278,10 +281,7 @@ def build_shards(cfg: BuildConfig, shards: list[int], ds: PointDataset, teacher,
         feats, sal, proj, t_proj, t_teach = _compute(pts, teacher, device, cfg.batch_size, layout, cfg.projection,
                                                      cfg.denoise, cfg.denoise_sigma, cfg.seed, lo)
         t0 = time.perf_counter()
-        root["features"][lo:hi] = feats
-        root["saliency"][lo:hi] = sal
-        root["proj"][lo:hi] = proj
-        root["points"][lo:hi] = pts
+        cs.write_shard(root, shard, lo, hi, {"features": feats, "saliency": sal, "proj": proj, "points": pts})
         t_proj, t_teach, t_write = write_aug_renders(cfg, root, layout, pts, lo, lambda p: _compute(
             p, teacher, device, cfg.batch_size, layout, cfg.projection, cfg.denoise, cfg.denoise_sigma, cfg.seed, lo),
             (t_proj, t_teach, time.perf_counter() - t0))

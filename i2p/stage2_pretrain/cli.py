@@ -44,4 +44,8 @@ def pretrain(
     state = "stopped by signal (re-run the command to resume)" if result.stopped_by_signal else "done"
     typer.echo(f"pretrain {state}: step {result.step}, epoch {result.epoch}, checkpoint {result.run_dir / 'last.ckpt'}",
                err=True)
+    if result.stopped_by_signal:
+        from i2p.common.signals import EXIT_REQUEUE
+
+        raise typer.Exit(EXIT_REQUEUE)  # progress saved; the exit status asks the scheduler to requeue
 

@@ -38,7 +38,11 @@ def target_stats(ds, samples: int) -> dict[str, torch.Tensor]:
         root = part._arrays()
         idx = part.indices[:max(1, samples // len(ds.parts))]
         for start in range(0, len(idx), 32):
-            block = torch.from_numpy(root["features"].get_orthogonal_selection(idx[start:start + 32])).double()
+            sel = idx[start:start + 32]
+            try:
+                block = torch.from_numpy(root["features"].get_orthogonal_selection(sel)).double()
+            except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
+                block = torch.stack([part._read("features", int(i)) for i in sel]).double()
             pooled.append(global_target(block))
             block = block.reshape(-1, block.shape[-1])
             total = block.sum(0) if total is None else total + block.sum(0)

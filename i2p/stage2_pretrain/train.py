@@ -27,8 +27,8 @@ import torch
 
 from i2p import __version__
 from i2p.cache.reader import MultiCacheDataset, open_many_for_training
-from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from i2p.common.device import resolve_device
+from i2p.common.checkpoint import load_model_state, save_checkpoint
+from i2p.common.device import deterministic_cpu, resolve_device
 from i2p.common.errors import UserError
 from i2p.common.signals import StopOnSignal
 from i2p.stage2_pretrain import config as pcfg
@@ -37,6 +37,7 @@ from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed,
 from i2p.stage2_pretrain.model import build_model
 from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.model.rng import step_generators
+from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
 from i2p.stage2_pretrain.teacher_targets import apply_norm, bank_keys, select_norm, target_stats, teacher_bank
 
@@ -73,7 +74,10 @@ def _make_loader(ds, cfg: pcfg.PretrainConfig, epoch: int, start: int, dist_info
     sampler = EpochBatchSampler(len(ds), cfg.optim.batch_size, cfg.seed, epoch, start,
                                 dist_info.rank, dist_info.world)
     workers = cfg.data.workers
-    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers,
+    # The loader draws its workers' base seed from its own generator, not from the global RNG, so
+    # where a run was resumed does not change the global RNG's sequence.
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, generator=gen,
                                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
                                        prefetch_factor=4 if workers > 0 else None)
 
@@ -138,7 +142,8 @@ def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume:
     """Train from ``cache`` (one or several caches with the same teacher and settings) into run
     directory ``out``. ``max_steps`` stops early (tests)."""
     caches = [cache] if isinstance(cache, str) else list(cache)
-    return _Run(caches, Path(out), cfg, resume, probe_cache).loop(max_steps)
+    with deterministic_cpu(resolve_device(cfg.device)):  # bit-identical runs and resumes on the CPU
+        return _Run(caches, Path(out), cfg, resume, probe_cache).loop(max_steps)
 
 
 def _placement(device_name: str) -> tuple[torch.device, DistInfo]:
@@ -161,10 +166,20 @@ class _Run:
         self.attrs = self.all_attrs[0]
         self.cfg = cfg = pcfg.fit_to_cache(cfg, self.attrs["settings"])
         self.device, self.dist = _placement(cfg.device)
+        self.lock = None
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunDirLock(run_dir).acquire()  # a second run on this directory stops here
         barrier(self.dist)
+        try:
+            self._setup(resume)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
 
+    def _setup(self, resume: bool) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model).to(self.device)
         self.opt = torch.optim.AdamW(optimizer_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_exempt),
@@ -172,7 +187,7 @@ class _Run:
         self._open_data()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, pcfg.lr_factor(cfg.optim, self.steps_per_epoch))
         self.last = run_dir / "last.ckpt"
-        self.step = self._restore() if resume and self.last.exists() else 0
+        self.step = self._restore() if resume else 0
         if self.dist.is_main:
             pcfg.save(cfg, run_dir / "config.yaml")
         self._prepare_targets()
@@ -196,10 +211,14 @@ class _Run:
         self.total = self.steps_per_epoch * cfg.optim.epochs
 
     def _restore(self) -> int:
-        """Load ``last.ckpt`` (same model config only); returns its step."""
-        ckpt = load_checkpoint(self.last)
+        """Load the newest intact checkpoint (``last.ckpt``, else ``last.ckpt.prev`` or an
+        ``epoch-*.ckpt``, with a warning; same model config only); returns its step (0: none)."""
+        found = newest_intact_checkpoint(self.run_dir)
+        if found is None:
+            return 0
+        path, ckpt = found
         if ckpt.get("config", {}).get("model") != pcfg.to_dict(self.cfg).get("model"):
-            raise TrainingError(f"{self.last} was trained with another model config; use --no-resume or another --out")
+            raise TrainingError(f"{path} was trained with another model config; use --no-resume or another --out")
         load_model_state(self.model, ckpt["model"], what=str(self.last))
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -245,9 +264,14 @@ class _Run:
                            "teacher_weights_sha256": s["teacher_weights_sha256"],
                            "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs]},
                  "i2p_version": __version__}
-        save_checkpoint(state, self.last)
-        if tag_epoch is not None and cfg.log.keep_every_epochs and tag_epoch % cfg.log.keep_every_epochs == 0:
-            save_checkpoint(state, self.run_dir / f"epoch-{tag_epoch:04d}.ckpt")
+        try:
+            save_checkpoint(state, self.last, keep_previous=True)
+            if tag_epoch is not None and cfg.log.keep_every_epochs and tag_epoch % cfg.log.keep_every_epochs == 0:
+                save_checkpoint(state, self.run_dir / f"epoch-{tag_epoch:04d}.ckpt")
+        except OSError as exc:  # disk full, quota, I/O error: the previous checkpoint is untouched
+            raise TrainingError(f"cannot write the checkpoint of step {self.step} in {self.run_dir} "
+                                f"({exc.strerror or exc}); the previous checkpoint is intact: free space and "
+                                "re-run the same command to resume") from None
 
     # ------------------------------------------------------------------ the loop
     def loop(self, max_steps: int | None = None) -> RunResult:
@@ -266,6 +290,8 @@ class _Run:
                 bar.close()
             self.log.close()
             shutdown(self.dist)
+            if self.lock is not None:
+                self.lock.release()
         return RunResult(self.run_dir, self.step, self.step // self.steps_per_epoch, stopped)
 
     def _epoch(self, limit: int, stop: StopOnSignal, bar) -> bool:
