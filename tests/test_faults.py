@@ -68,8 +68,13 @@ def test_checkpoint_that_would_run_code_is_refused_by_every_loader(small_cache, 
     assert main(["eval", "svm", "--ckpt", str(evil), "--data", "builtin:primitives?n_train=2&n_test=1",
                  "--device", "cpu", "--out", str(tmp_path / "svm")]) == 2
     assert main(["convert", str(evil), "--from", "i2p-mae", "--out", str(tmp_path / "conv")]) == 2
+    assert main(["export", "--ckpt", str(evil), "--out", str(tmp_path / "exp")]) == 2
     err = capsys.readouterr().err
-    assert err.count("i2p: error:") == 3, err
+    assert err.count("i2p: error:") == 4, err
+    import i2p
+
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        i2p.load_encoder(str(evil), device="cpu")  # the Python API
     assert not marker.exists()
 
 
