@@ -149,18 +149,3 @@ def test_sigterm_writes_a_checkpoint_and_exits_for_requeue(small_cache, tmp_path
         assert main(cli_args(small_cache, run)) == EXIT_REQUEUE
     assert load_checkpoint(run / "last.ckpt")["step"] == 3
 
-
-def test_lock_holder_removes_temp_files_left_by_a_killed_writer(tmp_path):
-    """A SIGKILL in the middle of an atomic write leaves ``.NAME.PID.RAND.tmp``; the next run
-    on the directory (holding its lock, so no one else can be writing) removes it."""
-    from i2p.stage2_pretrain.run_dir import RunDirLock
-
-    stale = tmp_path / ".last.ckpt.12345.deadbeef.tmp"
-    stale.write_bytes(b"half a checkpoint")
-    keep = tmp_path / "last.ckpt"
-    keep.write_bytes(b"x")
-    lock = RunDirLock(tmp_path).acquire()
-    try:
-        assert not stale.exists() and keep.exists()
-    finally:
-        lock.release()

@@ -55,10 +55,6 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
-        # A SIGKILL during an atomic write leaves its ``.NAME.PID.RAND.tmp`` behind (never a broken
-        # target); with the lock held no other writer can own one, so the leftovers go now.
-        for tmp in self.path.parent.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
         return self
 
     def release(self) -> None:
