@@ -68,6 +68,15 @@ def config_from_architecture(arch: dict) -> Any:
         raise CheckpointError(f"encoder architecture cannot be built: {exc}") from None
 
 
+def model_config_from_dict(d: dict, what: str) -> Any:
+    """The ``ModelConfig`` a checkpoint or an export stores; a config this version cannot build
+    is one :class:`CheckpointError` line naming ``what``."""
+    try:
+        return _model().ModelConfig.from_dict(dict(d))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what}: a model config this version cannot build ({exc})") from None
+
+
 def config_from_export(config: dict, what: str) -> Any:
     """The ``ModelConfig`` of an export's ``config.json``: its whole ``model_config`` when
     present (exports since ``i2p convert`` joined: decoder sizes and ``extra`` included, so an
@@ -81,10 +90,7 @@ def config_from_export(config: dict, what: str) -> Any:
         return config_from_architecture(arch)
     if not isinstance(full, dict):
         raise CheckpointError(f"{what}: config.json 'model_config' is not a mapping")
-    try:
-        cfg = _model().ModelConfig.from_dict(dict(full))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{what}: a model config this version cannot build ({exc})") from None
+    cfg = model_config_from_dict(full, what)
     if encoder_architecture(cfg) != encoder_architecture(arch):
         raise CheckpointError(f"{what}: config.json 'model_config' and 'architecture' describe different encoders")
     return cfg

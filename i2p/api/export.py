@@ -24,33 +24,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from i2p import __version__
+from i2p.common.atomic import atomic_path, write_text
 from i2p.common.checkpoint import CheckpointError, file_sha256, strip_prefixes
 from i2p.common.errors import UserError
 
 FORMAT = "i2p-encoder-1"
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 NORMALIZATION = {"center": "centroid", "scale": "farthest point on the unit sphere"}
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_export(encoder_state: Mapping[str, Any], model_config: Any, out_dir: str | os.PathLike,
@@ -82,7 +66,8 @@ def write_export(encoder_state: Mapping[str, Any], model_config: Any, out_dir: s
         raise UserError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
-    _atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
     config = {
         "format": FORMAT, "i2p_version": __version__, "architecture": arch, "model_config": full,
         "pooling": pooling, "normalization": {"enabled": bool(normalize), **NORMALIZATION},
@@ -92,8 +77,8 @@ def write_export(encoder_state: Mapping[str, Any], model_config: Any, out_dir: s
                     "parameters": int(sum(v.numel() for v in state.values() if v.is_floating_point()))},
         "provenance": json.loads(json.dumps(dict(provenance), default=str)),
     }
-    _write_text(out / CARD, model_card(config))
-    _write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_text(out / CARD, model_card(config))
+    write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
 

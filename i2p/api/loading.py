@@ -23,7 +23,7 @@ import torch
 
 from i2p.api.architecture import (  # noqa: F401  (re-exported: the loader's public helpers)
     ENCODER_FIELDS, LATER_FIELDS, build_network, config_from_architecture, config_from_export, encoder_architecture,
-    _model)
+    _model, model_config_from_dict)
 from i2p.api.encoder import Encoder
 from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_state
 from i2p.common.errors import UserError
@@ -60,10 +60,7 @@ def _from_checkpoint(path: Path):
     model_cfg = (state.get("config") or {}).get("model")
     if not isinstance(model_cfg, dict):
         raise CheckpointError(f"checkpoint {path} holds no model config (config['model'])")
-    try:
-        cfg = _model().ModelConfig.from_dict(dict(model_cfg))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} has a model config this version cannot build: {exc}") from None
+    cfg = model_config_from_dict(model_cfg, f"checkpoint {path}")
     network = build_network(cfg, f"checkpoint {path}")
     enc_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     if not enc_state:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from i2p import __version__
+from i2p.common.atomic import atomic_open
 from i2p.common.errors import UserError
 
 FORMAT = "i2p-embeddings-1"
@@ -52,17 +52,9 @@ def check_output(out: str | os.PathLike) -> str:
     return suffix
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write(path: Path, write) -> None:
+    with atomic_open(path, "wb") as fh:
+        write(fh)
 
 
 def _write_parquet(fh, X: np.ndarray, ids, labels, classes, meta: dict) -> None:
@@ -88,15 +80,15 @@ def write_embeddings(out: str | os.PathLike, X: np.ndarray, ids: Sequence[str], 
     ids, classes = [str(i) for i in ids], [str(c) for c in classes]
     if suffix == ".npy":
         side = companion_path(out)
-        _atomic(out, lambda fh: np.save(fh, X))
+        _write(out, lambda fh: np.save(fh, X))
         body = {"ids": ids, "labels": labels.tolist(), "classes": classes, **meta}
-        _atomic(side, lambda fh: fh.write((json.dumps(body, indent=1) + "\n").encode()))
+        _write(side, lambda fh: fh.write((json.dumps(body, indent=1) + "\n").encode()))
         return [str(out), str(side)]
     if suffix == ".npz":
-        _atomic(out, lambda fh: np.savez(fh, embeddings=X, ids=np.array(ids, dtype=str), labels=labels,
+        _write(out, lambda fh: np.savez(fh, embeddings=X, ids=np.array(ids, dtype=str), labels=labels,
                                          classes=np.array(classes, dtype=str), meta=np.array(json.dumps(meta))))
         return [str(out)]
-    _atomic(out, lambda fh: _write_parquet(fh, X, ids, labels, classes, meta))
+    _write(out, lambda fh: _write_parquet(fh, X, ids, labels, classes, meta))
     return [str(out)]
 
 
