@@ -289,6 +289,9 @@ class _Run:
             if bar is not None:
                 bar.close()
             self.log.close()
+            # DDP's reducer holds the process group: dropped only after destroy_process_group, its
+            # gloo group was torn down when the peer had already exited and the join could hang
+            self.train_model = self.model
             shutdown(self.dist)
             if self.lock is not None:
                 self.lock.release()
