@@ -93,8 +93,13 @@ def test_torchrun_two_processes_match_one(small_cache, tmp_path):
     cli(*args, "--out", str(tmp_path / "two"), launcher=launcher)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(a) == sorted(b)
+    # Batch 8 on one process and 2 x 4 on two round differently in the last bit from the first
+    # forward on (1e-7); Adam turns such noise into lr-sized moves of near-zero-gradient weights,
+    # so the gap grows ~10x a step (1e-7, 0, 5e-6, 3e-5, 3e-4 measured). A sharding or gradient
+    # averaging bug shows at once: the first steps match tightly, the later ones to 1%.
     for step in a:
-        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+        rel = 1e-5 if step <= 3 else 1e-2
+        assert b[step] == pytest.approx(a[step], rel=rel, abs=1e-6), step
 
 
 def test_cached_targets_equal_online_teacher_targets(small_cache):
