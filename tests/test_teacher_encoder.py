@@ -32,6 +32,9 @@ def test_teacher_tokens_are_the_stage1_maps_views_side_by_side(small_cache):
     torch.testing.assert_close(tokens.half().float(), expect)
     # max pooling = each view's max-pooled feature, views concatenated
     torch.testing.assert_close(pool_tokens(tokens, "max").view(b, v, c), tokens.view(b, h * w, v, c).amax(1))
+    # mean pooling = each view's average over its cells (the teacher's mean-pooled reference)
+    torch.testing.assert_close(pool_tokens(tokens, "mean").view(b, v, c), cached.reshape(b, v, h * w, c).mean(2),
+                               rtol=1e-3, atol=1e-3)
     assert list(enc.modules()) == []  # stage 3 must not re-estimate a teacher's BatchNorm
 
 

@@ -33,8 +33,9 @@ from i2p.common.errors import UserError
 from i2p.common.point_ops import three_nn_interpolate
 
 # max: the paper's (and the official I2P-MAE SVM feature); meanmax: mean and max concatenated;
-# mean_plus_max: mean and max SUMMED, the official Point-M2AE SVM feature (models/Point_M2AE.py).
-POOLS = ("max", "meanmax", "mean_plus_max")
+# mean_plus_max: mean and max SUMMED, the official Point-M2AE SVM feature (models/Point_M2AE.py);
+# mean: the average token alone (the teacher's mean-pooled feature, a reference of the issues).
+POOLS = ("max", "meanmax", "mean_plus_max", "mean")
 
 
 def check_pool(pool: str) -> str:
@@ -49,9 +50,11 @@ def pooled_dim(width: int, pool: str) -> int:
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str = "max") -> torch.Tensor:
-    """``[B, T, D]`` tokens -> ``[B, D]`` (``max``; ``mean_plus_max``: the sum of mean and max)
-    or ``[B, 2D]`` (``meanmax``: mean and max concatenated)."""
+    """``[B, T, D]`` tokens -> ``[B, D]`` (``max``; ``mean``; ``mean_plus_max``: the sum of mean
+    and max) or ``[B, 2D]`` (``meanmax``: mean and max concatenated)."""
     pool = check_pool(pool)
+    if pool == "mean":
+        return tokens.mean(dim=1)
     top = tokens.max(dim=1).values
     if pool == "max":
         return top

@@ -61,6 +61,7 @@ class Pool(Choice):
     max = "max"
     meanmax = "meanmax"
     mean_plus_max = "mean_plus_max"
+    mean = "mean"
 
 
 class Preset(Choice):
