@@ -33,6 +33,7 @@ def test_switches_off_in_our_presets_and_on_in_paper():
     p = pcfg.resolve("paper")
     assert (p.optim.schedule, p.optim.schedule_epochs, p.optim.decay_exempt, p.data.sampling) == \
         ("official", 400, "official", "official")
+    assert p.data.teacher_sees_augmented and not pcfg.resolve("base").data.teacher_sees_augmented  # P8
     assert (p.optim.epochs, p.optim.warmup_epochs, p.optim.lr, p.optim.weight_decay, p.optim.grad_clip,
             p.optim.batch_size) == (301, 10, 1e-3, 0.05, 0.0, 64)
     with pytest.raises(pcfg.cfgutil.ConfigError, match="optim.schedule"):
