@@ -35,6 +35,7 @@ from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.diagnostics import MetricsLog, encoder_grad_norms, heldout_r2, probe_svm, unaugmented
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
+from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.model.rng import step_generators
 from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
@@ -164,6 +165,18 @@ def _placement(device_name: str) -> tuple[torch.device, DistInfo]:
     return device, dist_info
 
 
+def _same_model(saved: dict | None, cfg: pcfg.PretrainConfig) -> bool:
+    """Whether a checkpoint's model config is ``cfg.model``; fields the checkpoint predates
+    count with their defaults (a run saved before a field existed resumes as it ran)."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        saved = ModelConfig.from_dict(saved).to_dict()
+    except ValueError:
+        return False
+    return saved == pcfg.to_dict(cfg).get("model")
+
+
 class _Run:
     """One pre-training run. The constructor's steps are in the order a resumed run must repeat
     (the global torch RNG is seeded, then consumed by the model's initialisation)."""
@@ -226,7 +239,7 @@ class _Run:
         if found is None:
             return 0
         path, ckpt = found
-        if ckpt.get("config", {}).get("model") != pcfg.to_dict(self.cfg).get("model"):
+        if not _same_model(ckpt.get("config", {}).get("model"), self.cfg):
             raise TrainingError(f"{path} was trained with another model config; use --no-resume or another --out")
         load_model_state(self.model, ckpt["model"], what=str(self.last))
         self.opt.load_state_dict(ckpt["optimizer"])

@@ -17,6 +17,7 @@ MASK_MODES = ("saliency", "random")
 TARGETS = ("2d3d", "3d")
 TOKEN_MERGES = ("i2p", "official")
 EVAL_MODES = ("i2p", "official")
+DECODER_STYLES = ("i2p", "official")
 
 
 @dataclass
@@ -90,6 +91,14 @@ class ModelConfig:
     # features of a batch whose clouds have different visible-token counts depend on the batch.
     # Kept to reproduce that computation; () or zeros = every cloud as if alone.
     official_local_radius: tuple[float, ...] = ()
+    # The pre-training decoder's token propagation and init (docs/FIDELITY.md P13, P14). 'i2p':
+    # Linear-LayerNorm-GELU fusion, truncated-normal linears (no batch statistics anywhere in
+    # the decoder). 'official': the official PointNetFeaturePropagation (Conv-BN-GELU fuse and
+    # ``dec_up_blocks`` residual Conv-BN blocks, BatchNorm over the batch's tokens) and the
+    # official init (xavier-uniform transformer linears, PyTorch defaults for the rest and the
+    # heads). Not part of an encoder export.
+    decoder_style: str = "i2p"
+    dec_up_blocks: int = 1  # residual blocks after each official fusion (official decoder_up_blocks)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
     def __post_init__(self) -> None:
@@ -108,9 +117,10 @@ class ModelConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> "ModelConfig":
         """The published pre-training recipe: the published sizes and the objective
-        L3d + 1.0 * L2d, nothing added. The encoder has 12,668,968 parameters with i2p's token
-        merging (``token_merge='i2p'``, the default) and 12,654,976 with the official one."""
-        base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False)
+        L3d + 1.0 * L2d, nothing added, and the official decoder (``decoder_style='official'``).
+        The encoder has 12,668,968 parameters with i2p's token merging (``token_merge='i2p'``, the
+        default) and 12,654,976 with the official one."""
+        base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False, decoder_style="official")
         base.update(overrides)
         return cls(**base)
 
@@ -163,6 +173,10 @@ class ModelConfig:
             raise ValueError(f"token_merge must be one of {TOKEN_MERGES}, got {self.token_merge!r}")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
+        if self.decoder_style not in DECODER_STYLES:
+            raise ValueError(f"decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}")
+        if self.dec_up_blocks < 0:
+            raise ValueError("dec_up_blocks must be >= 0")
         if self.official_local_radius and len(self.official_local_radius) != n:
             raise ValueError("official_local_radius needs one entry per level (or none)")
         if self.embed_norm not in ("batch", "layer"):
