@@ -194,3 +194,14 @@ def test_resume_and_export_with_the_official_decoder(small_cache, tmp_path):
     enc = i2p.load_encoder(str(run), device="cpu")
     z = enc.embed(torch.randn(2, 1024, 3, generator=torch.Generator().manual_seed(0)))
     assert z.shape == (2, 192) and torch.isfinite(z).all()
+
+
+def test_a_checkpoint_saved_before_the_decoder_style_existed_still_resumes():
+    from i2p.stage2_pretrain.train import _same_model
+
+    cfg = pcfg.resolve("tiny")
+    saved = pcfg.to_dict(cfg)["model"]
+    old = {k: v for k, v in saved.items() if k not in ("decoder_style", "dec_up_blocks")}
+    assert _same_model(saved, cfg) and _same_model(old, cfg)  # missing fields = their defaults ('i2p')
+    assert not _same_model(old, pcfg.resolve("tiny", ["model.decoder_style=official"]))
+    assert not _same_model({**saved, "enc_dims": [24, 48, 96]}, cfg) and not _same_model(None, cfg)
