@@ -17,7 +17,7 @@ import torch.nn as nn
 from i2p.official.keys import strip_module_prefix
 from test_official import FIX
 from i2p.official.model_keys import model_to_official_name, official_shape, official_to_model
-from i2p.official.params import count_parameters
+from i2p.official.params import PAPER_MODEL_PARAMETERS, count_parameters
 from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.decoder import OfficialFuse
@@ -27,9 +27,6 @@ from i2p.stage2_pretrain.train import pretrain
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FIXTURES = Path(FIX or "/nonexistent")
-# The whole official I2P_MAE pre-training model at the paper config, CLIP excluded (manifest
-# 'num_parameters'; encoder 12,654,976, rec_head_2d 2,371,584).
-PAPER_MODEL_PARAMETERS = 17_622_808
 
 
 def _paper_official() -> I2PMAE:
@@ -56,7 +53,7 @@ def test_official_decoder_has_the_official_keys_shapes_and_count():
         assert off is not None, name
         mapped[off] = official_shape(off, tuple(t.shape))
     assert len(mapped) == 295
-    assert count_parameters(model) == PAPER_MODEL_PARAMETERS
+    assert count_parameters(model) == PAPER_MODEL_PARAMETERS == 17_622_808  # the manifest's 'num_parameters'
     dec = {k: v for k, v in mapped.items() if not k.startswith("h_encoder.")}
     # the official decoder and heads (modules.py:118-169, I2P_MAE.py:223-261), by hand
     assert dec["token_prop.0.fuse.net.0.weight"] == (192, 576, 1)

@@ -3,23 +3,23 @@ with ``decoder_style='official'`` (and ``token_merge='official'`` for the encode
 
 An encoder export never holds the decoder (``official.keys`` drops it); this mapping exists so
 that the official-style decoder can be checked against the official checkpoint layout key by
-key and shape by shape (``tests/test_official.py``), and official decoder weights loaded into
+key and shape by shape (``tests/test_official_decoder.py``), and official decoder weights loaded into
 it. Kernel-1 ``Conv1d`` weights ``[out, in, 1]`` are i2p ``Linear`` weights ``[out, in]``; the
 official mask token is ``[1, D]``, i2p's ``[1, 1, D]``.
 
-=====================================================================  ===============================================
-official                                                               i2p ``I2PMAE``
-=====================================================================  ===============================================
-``h_encoder.*``                                                        ``encoder.*`` (``official.keys``)
-``mask_token``                                                         ``decoder.mask_token``
-``h_decoder.{i}.blocks.{j}.{norm1,norm2,attn.*}``                      ``decoder.stacks.{i}.blocks.{j}.*``
-``h_decoder.{i}.blocks.{j}.mlp.fc{1,2}.*``                             ``decoder.stacks.{i}.blocks.{j}.mlp.{0,2}.*``
-``decoder_pos_embeds.{i}.{0,2}.*``                                     ``decoder.pos_embeds.{i}.{0,2}.*``
-``token_prop.{i}.fuse.net.{0,1}.*`` (conv, BN)                         ``decoder.fuse.{i}.fuse.{linear,bn}.*``
-``token_prop.{i}.extraction.operation.{b}.net{1,2}.{0,1}.*``           ``decoder.fuse.{i}.extraction.{b}.net{1,2}.{linear,bn}.*``
-``decoder_norm.*``                                                     ``decoder.norm.*``
-``rec_head_3d.*``, ``rec_head_2d.*`` (conv)                            ``head_3d.*``, ``head_2d.*``
-=====================================================================  ===============================================
+============================================================  ==========================================================
+official                                                      i2p ``I2PMAE``
+============================================================  ==========================================================
+``h_encoder.*``                                               ``encoder.*`` (``official.keys``)
+``mask_token``                                                ``decoder.mask_token``
+``h_decoder.{i}.blocks.{j}.{norm1,norm2,attn.*}``             ``decoder.stacks.{i}.blocks.{j}.*``
+``h_decoder.{i}.blocks.{j}.mlp.fc{1,2}.*``                    ``decoder.stacks.{i}.blocks.{j}.mlp.{0,2}.*``
+``decoder_pos_embeds.{i}.{0,2}.*``                            ``decoder.pos_embeds.{i}.{0,2}.*``
+``token_prop.{i}.fuse.net.{0,1}.*`` (conv, BN)                ``decoder.fuse.{i}.fuse.{linear,bn}.*``
+``token_prop.{i}.extraction.operation.{b}.net{1,2}.{0,1}.*``  ``decoder.fuse.{i}.extraction.{b}.net{1,2}.{linear,bn}.*``
+``decoder_norm.*``                                            ``decoder.norm.*``
+``rec_head_3d.*``, ``rec_head_2d.*`` (conv)                   ``head_3d.*``, ``head_2d.*``
+============================================================  ==========================================================
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ _BN = "weight|bias|running_mean|running_var|num_batches_tracked"
 _PAIRS: list[tuple[str, str]] = [  # (official regex, i2p replacement)
     (r"mask_token", r"decoder.mask_token"),
     (r"h_decoder\.(\d+)\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"decoder.stacks.\1.blocks.\2.\3.\4"),
-    (r"h_decoder\.(\d+)\.blocks\.(\d+)\.attn\.(qkv\.weight|proj\.weight|proj\.bias)", r"decoder.stacks.\1.blocks.\2.attn.\3"),
+    (r"h_decoder\.(\d+)\.blocks\.(\d+)\.attn\.(qkv\.weight|proj\.weight|proj\.bias)",
+     r"decoder.stacks.\1.blocks.\2.attn.\3"),
     (r"h_decoder\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"decoder.stacks.\1.blocks.\2.mlp.0.\3"),
     (r"h_decoder\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"decoder.stacks.\1.blocks.\2.mlp.2.\3"),
     (r"decoder_pos_embeds\.(\d+)\.([02])\.(weight|bias)", r"decoder.pos_embeds.\1.\2.\3"),
@@ -43,7 +44,8 @@ _PAIRS: list[tuple[str, str]] = [  # (official regex, i2p replacement)
     (rf"token_prop\.(\d+)\.fuse\.net\.1\.({_BN})", r"decoder.fuse.\1.fuse.bn.\2"),
     (r"token_prop\.(\d+)\.extraction\.operation\.(\d+)\.(net[12])\.0\.(weight|bias)",
      r"decoder.fuse.\1.extraction.\2.\3.linear.\4"),
-    (rf"token_prop\.(\d+)\.extraction\.operation\.(\d+)\.(net[12])\.1\.({_BN})", r"decoder.fuse.\1.extraction.\2.\3.bn.\4"),
+    (rf"token_prop\.(\d+)\.extraction\.operation\.(\d+)\.(net[12])\.1\.({_BN})",
+     r"decoder.fuse.\1.extraction.\2.\3.bn.\4"),
     (r"decoder_norm\.(weight|bias)", r"decoder.norm.\1"),
     (r"rec_head_3d\.(weight|bias)", r"head_3d.\1"),
     (r"rec_head_2d\.(weight|bias)", r"head_2d.\1"),
@@ -52,7 +54,8 @@ _FORWARD = [(re.compile(f"^{o}$"), i) for o, i in _PAIRS]
 _BACKWARD_PAIRS: list[tuple[str, str]] = [  # (i2p regex, official replacement)
     (r"decoder\.mask_token", r"mask_token"),
     (r"decoder\.stacks\.(\d+)\.blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)", r"h_decoder.\1.blocks.\2.\3.\4"),
-    (r"decoder\.stacks\.(\d+)\.blocks\.(\d+)\.attn\.(qkv\.weight|proj\.weight|proj\.bias)", r"h_decoder.\1.blocks.\2.attn.\3"),
+    (r"decoder\.stacks\.(\d+)\.blocks\.(\d+)\.attn\.(qkv\.weight|proj\.weight|proj\.bias)",
+     r"h_decoder.\1.blocks.\2.attn.\3"),
     (r"decoder\.stacks\.(\d+)\.blocks\.(\d+)\.mlp\.0\.(weight|bias)", r"h_decoder.\1.blocks.\2.mlp.fc1.\3"),
     (r"decoder\.stacks\.(\d+)\.blocks\.(\d+)\.mlp\.2\.(weight|bias)", r"h_decoder.\1.blocks.\2.mlp.fc2.\3"),
     (r"decoder\.pos_embeds\.(\d+)\.([02])\.(weight|bias)", r"decoder_pos_embeds.\1.\2.\3"),
@@ -60,7 +63,8 @@ _BACKWARD_PAIRS: list[tuple[str, str]] = [  # (i2p regex, official replacement)
     (rf"decoder\.fuse\.(\d+)\.fuse\.bn\.({_BN})", r"token_prop.\1.fuse.net.1.\2"),
     (r"decoder\.fuse\.(\d+)\.extraction\.(\d+)\.(net[12])\.linear\.(weight|bias)",
      r"token_prop.\1.extraction.operation.\2.\3.0.\4"),
-    (rf"decoder\.fuse\.(\d+)\.extraction\.(\d+)\.(net[12])\.bn\.({_BN})", r"token_prop.\1.extraction.operation.\2.\3.1.\4"),
+    (rf"decoder\.fuse\.(\d+)\.extraction\.(\d+)\.(net[12])\.bn\.({_BN})",
+     r"token_prop.\1.extraction.operation.\2.\3.1.\4"),
     (r"decoder\.norm\.(weight|bias)", r"decoder_norm.\1"),
     (r"head_3d\.(weight|bias)", r"rec_head_3d.\1"),
     (r"head_2d\.(weight|bias)", r"rec_head_2d.\1"),

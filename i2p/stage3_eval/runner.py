@@ -145,8 +145,8 @@ def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str | N
     paper_C = paper_C_for(data)
     res = run_svm(tr.X, tr.y, te.X, te.y, C=C, paper_C=paper_C, folds=folds, seed=seed, solver=solver)
     pred = res.pop("predictions")
-    settings = {"points": points, "sampling": sampling, "pool": pool, "C": C, "cv_folds": folds, "solver": solver,
-                "paper_C": paper_C, "standardize": False, "feature_dim": int(tr.X.shape[1]),
+    settings = {"points": points, "sampling": sampling, "pool": pool, "C": C, "cv_folds": folds,
+                "solver": solver, "paper_C": paper_C, "standardize": False, "feature_dim": int(tr.X.shape[1]),
                 "device": str(dev), "batch_size": batch_size}
     result = {**_base("svm", data, info, seed, settings, splits), **res, **_counts(feats)}
     return write_result(out, result, te.y, pred, splits["train"].classes)
