@@ -202,3 +202,23 @@ def test_a_checkpoint_saved_before_the_decoder_style_existed_still_resumes():
     assert _same_model(saved, cfg) and _same_model(old, cfg)  # missing fields = their defaults ('i2p')
     assert not _same_model(old, pcfg.resolve("tiny", ["model.decoder_style=official"]))
     assert not _same_model({**saved, "enc_dims": [24, 48, 96]}, cfg) and not _same_model(None, cfg)
+
+
+def test_official_weight_decay_exemptions_of_the_whole_official_style_model():
+    """``optim.decay_exempt: official`` on the official-style model exempts exactly what the
+    official ``add_weight_decay`` exempts (tools/builder.py:51-58): 1-D tensors, ``*.bias`` and
+    every name containing 'token', judged on the official names and shapes."""
+    from i2p.stage2_pretrain.model.mae import decay_exempt
+
+    model = _paper_official()
+    ours, official = set(), set()
+    for name, p in model.named_parameters():
+        off = model_to_official_name(name)
+        shape = official_shape(off, tuple(p.shape))
+        if len(shape) == 1 or off.endswith(".bias") or "token" in off:
+            official.add(name)
+        if decay_exempt(name, p, "official"):
+            ours.add(name)
+    assert ours == official
+    assert "decoder.fuse.0.extraction.0.net1.linear.weight" in ours  # token_prop: exempt by name
+    assert "decoder.stacks.0.blocks.0.mlp.0.weight" not in ours
