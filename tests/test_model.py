@@ -37,6 +37,12 @@ def test_config_roundtrip_and_validation():
     cfg = tiny()
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert ModelConfig.paper().num_visible() == 13
+    # FIDELITY P11: the official count G - int(mask_ratio * G) (the paper preset's) vs our rounding
+    assert ModelConfig.base().num_visible() == 13 and ModelConfig.paper().visible_count == "official"
+    assert ModelConfig.tiny(num_groups=(256, 128, 32)).num_visible() == 6  # round(6.4)
+    assert ModelConfig.tiny(num_groups=(256, 128, 32), visible_count="official").num_visible() == 7  # 32 - 25
+    assert ModelConfig.tiny(num_groups=(256, 128, 16), visible_count="official").num_visible() == 4  # 16 - 12
+    assert ModelConfig.tiny(num_groups=(256, 128, 16)).num_visible() == 3  # round(3.2)
     with pytest.raises(ValueError):
         ModelConfig.tiny(num_heads=5)
     with pytest.raises(ValueError):

@@ -33,6 +33,7 @@ def test_switches_off_in_our_presets_and_on_in_paper():
     p = pcfg.resolve("paper")
     assert (p.optim.schedule, p.optim.schedule_epochs, p.optim.decay_exempt, p.data.sampling) == \
         ("official", 400, "official", "official")
+    assert p.data.teacher_sees_augmented and not pcfg.resolve("base").data.teacher_sees_augmented  # P8
     assert (p.optim.epochs, p.optim.warmup_epochs, p.optim.lr, p.optim.weight_decay, p.optim.grad_clip,
             p.optim.batch_size) == (301, 10, 1e-3, 0.05, 0.0, 64)
     with pytest.raises(pcfg.cfgutil.ConfigError, match="optim.schedule"):
@@ -160,6 +161,21 @@ def test_paper_preset_one_epoch(small_cache, tmp_path):
         assert r["lr"] == pytest.approx(1e-6)
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "schedule: official" in saved and "sampling: official" in saved and "decay_exempt: official" in saved
+    assert "decoder_style: official" in saved and "teacher_sees_augmented: true" in saved  # P13/P14, P8
+
+
+@pytest.mark.slow
+def test_paper_preset_with_online_teacher_one_epoch(small_cache, tmp_path):
+    """``--config paper --online-teacher``: the official step (the teacher renders the augmented
+    cloud, the official decoder), one epoch."""
+    from i2p.stage2_pretrain.train import pretrain
+
+    cfg = pcfg.resolve("paper", TINY_MODEL + ["optim.epochs=1", "online_teacher=true", "log.every_steps=1"])
+    assert cfg.online_teacher and cfg.data.teacher_sees_augmented and cfg.model.decoder_style == "official"
+    res = pretrain(small_cache, str(tmp_path / "run"), cfg)
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert res.step == res.epoch * 6 == 6 and len(recs) == 6  # 52 shapes, batch 8
+    assert all(math.isfinite(r["loss"]) and r["loss_2d"] > 0 for r in recs)
 
 
 # ---------------------------------------------------------------- fine-tuning

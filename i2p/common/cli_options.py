@@ -82,6 +82,12 @@ class Solver(Choice):
     liblinear = "liblinear"
 
 
+class Sampling(Choice):
+    """Points given to the encoder by ``i2p eval svm`` (docs/FIDELITY.md V3)."""
+    i2p = "i2p"
+    official = "official"
+
+
 class Vote(Choice):
     majority = "majority"
     weighted = "weighted"

@@ -63,6 +63,7 @@ _INVERSE: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^norms\.(\d+)\.(weight|bias)$"), r"encoder_norms.\1.\2"),
 ]
 _CONV = re.compile(r"^token_embed\.\d+\.(first|second)_conv\.[03]\.weight$")
+ENCODER_CONV = _CONV  # h_encoder-relative names of Conv1d kernels (official.model_keys uses it)
 
 
 def _apply(rules, name: str) -> str | None:

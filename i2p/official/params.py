@@ -12,7 +12,8 @@ i2p (``token_merge='i2p'``, member xyz merged)      12,668,968  (+13,992, +0.11%
 The i2p merge feeds each member's xyz relative to the centre (3 more channels) into the level
 2 and 3 token embeddings, whose MLPs are also a little wider (``2*(C+3)`` instead of ``C_l``
 in the second MLP). The whole official I2P-MAE pre-training model has 17,622,808 parameters
-without CLIP (Point-M2AE 15,255,856).
+without CLIP (Point-M2AE 15,255,856); i2p's with the official encoder and decoder
+(``token_merge='official'``, ``decoder_style='official'``) has the same, key by key.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any, Mapping
 import torch
 
 PAPER_ENCODER_PARAMETERS = {"official": 12_654_976, "i2p": 12_668_968}
+# The whole pre-training model without CLIP at the paper sizes (2D head for CLIP's 512 channels): official I2P_MAE = i2p I2PMAE with token_merge='official', decoder_style='official'
+# and teacher_channels=512 (tests/test_official_decoder.py checks it key by key).
+PAPER_MODEL_PARAMETERS = 17_622_808
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -71,6 +71,14 @@ class DataConfig:
     # points transformed as the teacher saw them, with that render's maps -- instead of the
     # random scale/shift of the plain render. Needs ``augment``; refused on a cache without them.
     aug_renders: bool = False
+    # With ``--online-teacher`` only: the teacher renders the AUGMENTED cloud of each step, as
+    # the official runner does (``train_transforms`` runs before the model, which projects
+    # what it gets: runner_pretrain.py:135-136). The network then sees the augmented cloud as
+    # its own coordinates, and every target (2D, saliency, 3D) is of that cloud. False: the
+    # teacher renders the stored cloud and the augmentation comes after the targets, as with
+    # a cache. A run from cached maps ignores it (the maps are of the stored cloud; see
+    # ``aug_renders`` for the cached approximation).
+    teacher_sees_augmented: bool = False
 
 
 @dataclass
@@ -112,12 +120,14 @@ def paper() -> PretrainConfig:
     official ``range(0, max_epoch + 1)``) of a per-epoch cosine set for 400; weight-decay
     exemptions of ``add_weight_decay``; no gradient clipping; the loader's per-epoch point order
     and re-normalisation (a cache of 8192 points plus ``--set data.points=2048`` draws the
-    official 2048 of 8192 each epoch). The teacher's input statistics are a cache setting:
-    ``i2p cache build --teacher-input official``."""
+    official 2048 of 8192 each epoch); with ``--online-teacher`` the teacher renders the
+    augmented cloud of each step (``data.teacher_sees_augmented``). The teacher's input
+    statistics are a cache setting: ``i2p cache build --teacher-input official``."""
     return PretrainConfig(preset="paper", model=ModelConfig.paper(),
                           optim=OptimConfig(epochs=301, schedule="official", schedule_epochs=400,
                                             decay_exempt="official", grad_clip=0.0),
-                          data=DataConfig(normalize_targets=False, holdout=0, sampling="official"))
+                          data=DataConfig(normalize_targets=False, holdout=0, sampling="official",
+                                          teacher_sees_augmented=True))
 
 
 def tiny() -> PretrainConfig:

@@ -35,6 +35,7 @@ from i2p.stage2_pretrain import config as pcfg
 from i2p.stage2_pretrain.diagnostics import MetricsLog, encoder_grad_norms, heldout_r2, probe_svm, unaugmented
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
+from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.model.rng import step_generators
 from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
@@ -112,14 +113,24 @@ def _teacher_maps(teacher, points: torch.Tensor, projection: str = "sum"):
 
 def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
                   norm: dict | None = None, tag: str = "step", bank: dict | None = None,
-                  progress: float | None = None) -> dict:
+                  progress: float | None = None, teacher_augmented: bool = False) -> dict:
     """One training step's forward, exactly as the loop runs it (the benchmarks call it too):
     one generator per sample seeded by (tag, seed, step, sample) so the draws do not depend on
     how the global batch is split across ranks; cached maps or the online teacher; the maps
     standardised and the global target made as ``norm`` (:func:`select_norm`) says; the 'nce'
-    bank's keys; bf16 autocast on CUDA."""
+    bank's keys; bf16 autocast on CUDA.
+
+    ``teacher_augmented`` (online teacher only, ``data.teacher_sees_augmented``): the batch's
+    augmentation is applied to the points first and the teacher renders that cloud, as the
+    official runner does (``train_transforms`` before the model, which projects what it gets):
+    the network then gets the augmented points as its "original" coordinates and an identity
+    augmentation, so grouping, saliency, 2D targets and the 3D targets all live in the
+    augmented frame. Ignored without a teacher (cached maps are of the stored cloud)."""
     gen = step_generators(seed, step, batch["index"], tag)
     points = batch["points"].to(device, non_blocking=True)
+    scale, shift = batch["scale"].to(device), batch["shift"].to(device)
+    if teacher is not None and teacher_augmented:
+        points, scale, shift = points * scale + shift, None, None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         if teacher is not None:
@@ -132,9 +143,8 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
         keys = rows = None
         if bank is not None and glob is not None:
             keys, rows = bank_keys(bank, [int(i) for i in batch["index"]], glob)
-        return train_model(points, feats, sal, proj, batch["scale"].to(device), batch["shift"].to(device),
-                           generator=gen, global_target=glob, global_bank=keys, global_rows=rows,
-                           progress=progress)
+        return train_model(points, feats, sal, proj, scale, shift, generator=gen, global_target=glob,
+                           global_bank=keys, global_rows=rows, progress=progress)
 
 
 def pretrain(cache: str | list[str], out: str, cfg: pcfg.PretrainConfig, resume: bool = True,
@@ -153,6 +163,18 @@ def _placement(device_name: str) -> tuple[torch.device, DistInfo]:
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     return device, dist_info
+
+
+def _same_model(saved: dict | None, cfg: pcfg.PretrainConfig) -> bool:
+    """Whether a checkpoint's model config is ``cfg.model``; fields the checkpoint predates
+    count with their defaults (a run saved before a field existed resumes as it ran)."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        saved = ModelConfig.from_dict(saved).to_dict()
+    except ValueError:
+        return False
+    return saved == pcfg.to_dict(cfg).get("model")
 
 
 class _Run:
@@ -217,7 +239,7 @@ class _Run:
         if found is None:
             return 0
         path, ckpt = found
-        if ckpt.get("config", {}).get("model") != pcfg.to_dict(self.cfg).get("model"):
+        if not _same_model(ckpt.get("config", {}).get("model"), self.cfg):
             raise TrainingError(f"{path} was trained with another model config; use --no-resume or another --out")
         load_model_state(self.model, ckpt["model"], what=str(self.last))
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -323,7 +345,8 @@ class _Run:
         """Forward, checks, backward, optimiser and schedule step; the step counter moves on."""
         cfg = self.cfg
         out = forward_batch(self.train_model, batch, self.device, cfg.seed, self.step, self.teacher, self.norm,
-                            bank=self.bank, progress=self.step / self.total)
+                            bank=self.bank, progress=self.step / self.total,
+                            teacher_augmented=cfg.data.teacher_sees_augmented)
         loss = out["loss"]
         if not torch.isfinite(loss.detach()).all():
             raise TrainingError(f"loss became {loss.item()} at step {self.step} (epoch {epoch}); stopped, "

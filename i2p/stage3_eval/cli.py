@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from i2p.common.cli_options import (
-    EpisodesFrom, FewshotMode, FinetuneRecipe, Pool, Preset, SelectOn, Solver, Vote, existing_checkpoint, existing_path,
-    value,
+    EpisodesFrom, FewshotMode, FinetuneRecipe, Pool, Preset, Sampling, SelectOn, Solver, Vote, existing_checkpoint,
+    existing_path, value,
 )
 from i2p.common.errors import UserError
 
@@ -71,6 +71,7 @@ def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
             C: str = typer.Option("auto", "--C", help="'auto' (CV on train only) or a number"),
             folds: int = typer.Option(5, "--cv-folds", help="folds of the C cross-validation"),
             solver: Solver = typer.Option(Solver.svc, "--solver", help="svc (libsvm, paper's C) or liblinear"),
+            sampling: Sampling = typer.Option(Sampling.i2p, "--sampling", help="i2p: each reader's seeded subset of the re-centred, re-scaled cloud | official: the first --points stored points, not re-normalised, encoded as given (the official SVM input; readers with a stored order: modelnet40-h5, scanobjectnn, npz, shapenet55, modelnet40)"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
             device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
             progress: bool = PROGRESS) -> None:
@@ -78,7 +79,7 @@ def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
     from i2p.stage3_eval import runner
 
     _show(runner.svm(ckpt, data, str(_out(out, "svm")), points, value(pool), _c_value(C), seed, device,
-                     batch_size, folds, value(solver), value(preset), progress))
+                     batch_size, folds, value(solver), value(preset), progress, value(sampling)))
 
 
 @app.command("knn")

@@ -39,17 +39,19 @@ class Features(tuple):
     ids = property(lambda self: self[2])
 
 
-def _encode(model, clouds: Sequence[np.ndarray], pool: str) -> np.ndarray:
-    return np.asarray(model.embed(np.stack(clouds).astype(np.float32), pool=pool), dtype=np.float32)
+def _encode(model, clouds: Sequence[np.ndarray], pool: str, normalize: bool | None = None) -> np.ndarray:
+    extra = {} if normalize is None else {"normalize": normalize}  # None: the encoder's own default
+    return np.asarray(model.embed(np.stack(clouds).astype(np.float32), pool=pool, **extra), dtype=np.float32)
 
 
 def encode_samples(model, samples: Iterable, total: int, batch_size: int = 32,
                    device: str | torch.device = "cpu", pool: str = "max",
-                   progress: bool = True, desc: str = "features") -> Features:
+                   progress: bool = True, desc: str = "features", normalize: bool | None = None) -> Features:
     """Encode an iterable of ``Sample``-like objects (``points``, ``label``, ``id``) or of
     ``(id, SampleError)`` pairs, which are counted as skipped, with ``model.embed`` (an
     :class:`i2p.api.Encoder` or a ``TeacherEncoder``: no grad, eval mode, the encoder's own
-    device; ``device`` is kept for callers and unused)."""
+    device; ``device`` is kept for callers and unused). ``normalize`` is passed to ``embed``
+    when given (False: the clouds are encoded as given, e.g. the official SVM's stored points)."""
     from tqdm.auto import tqdm
 
     check_pool(pool)
@@ -60,7 +62,7 @@ def encode_samples(model, samples: Iterable, total: int, batch_size: int = 32,
 
     def flush():
         if clouds:
-            feats.append(_encode(model, clouds, pool))
+            feats.append(_encode(model, clouds, pool, normalize))
             labels.extend(buf_labels)
             ids.extend(buf_ids)
             clouds.clear()
@@ -97,13 +99,14 @@ def _iter_dataset(dataset, indices):
 
 
 def extract_features(model, dataset, batch_size: int = 32, device: str | torch.device = "cpu",
-                     pool: str = "max", progress: bool = True, indices: Sequence[int] | None = None) -> Features:
+                     pool: str = "max", progress: bool = True, indices: Sequence[int] | None = None,
+                     normalize: bool | None = None) -> Features:
     """Features of every usable sample of a ``PointDataset`` (or of ``indices`` only: few-shot
     needs a few hundred of thousands of shapes). Bad samples are skipped and listed in
     ``.skipped``; order follows the dataset (or ``indices``), minus skipped samples."""
     desc = f"features {getattr(dataset, 'split', '')}".strip()
     idx = range(len(dataset)) if indices is None else [int(i) for i in indices]
     return encode_samples(model, _iter_dataset(dataset, idx), len(idx), batch_size, device, pool,
-                          progress, desc)
+                          progress, desc, normalize)
 
 

@@ -47,16 +47,25 @@ def default_pool(ckpt: str, pool: str | None) -> str:
     return export_pooling(ckpt) or "max"
 
 
-def open_splits(spec: str, points: int, seed: int, need_test: bool = True) -> dict:
-    """``{"train": ds, "test": ds}``; a spec without a test split is a one-line UserError."""
-    from i2p.common.datasets import create_dataset
+SAMPLINGS = ("i2p", "official")
 
-    train = create_dataset(spec, "train", num_points=points, seed=seed)
+
+def open_splits(spec: str, points: int, seed: int, need_test: bool = True, sampling: str = "i2p") -> dict:
+    """``{"train": ds, "test": ds}``; a spec without a test split is a one-line UserError.
+    ``sampling='official'``: the first ``points`` stored points of each cloud, not re-normalised
+    (the official SVM's reading, ``common.datasets.stored``), for readers with a stored order."""
+    from i2p.common.datasets import create_dataset
+    from i2p.common.datasets.stored import stored_points
+
+    if sampling not in SAMPLINGS:
+        raise UserError(f"sampling must be one of {', '.join(SAMPLINGS)} (got {sampling!r})")
+    view = stored_points if sampling == "official" else (lambda ds: ds)
+    train = view(create_dataset(spec, "train", num_points=points, seed=seed))
     if not train.has_split("test"):
         if need_test:
             raise UserError(f"data {spec} has no test split")
         return {"train": train}
-    return {"train": train, "test": create_dataset(spec, "test", num_points=points, seed=seed)}
+    return {"train": train, "test": view(create_dataset(spec, "test", num_points=points, seed=seed))}
 
 
 def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_size: int):
@@ -102,12 +111,15 @@ def _base(protocol: str, spec: str, info: dict, seed: int, settings: dict, split
             "checkpoint": _checkpoint_block(info), "seeds": {"seed": seed}, "settings": settings}
 
 
-def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress):
+def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress, sampling="i2p"):
     points = points or default_points(spec, ckpt)
-    splits = open_splits(spec, points, seed)
+    splits = open_splits(spec, points, seed, sampling=sampling)
     dev = resolve_device(device)
     model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
-    feats = {k: extract_features(model, ds, batch_size, dev, pool, progress) for k, ds in splits.items()}
+    # official: the stored points are encoded as given (a teacher never re-normalises)
+    normalize = False if sampling == "official" and not is_teacher_ckpt(ckpt) else None
+    feats = {k: extract_features(model, ds, batch_size, dev, pool, progress, normalize=normalize)
+             for k, ds in splits.items()}
     for k, f in feats.items():
         if len(f.y) == 0:
             raise UserError(f"data {spec}: no usable {k} shapes")
@@ -122,16 +134,19 @@ def _counts(feats: dict) -> dict:
 
 def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str | None = None,
         C: str | float = "auto", seed: int = 0, device: str = "auto", batch_size: int = 32,
-        folds: int = 5, solver: str = "svc", preset: str = "tiny", progress: bool = True) -> dict:
+        folds: int = 5, solver: str = "svc", preset: str = "tiny", progress: bool = True,
+        sampling: str = "i2p") -> dict:
+    """``sampling='official'``: each cloud is its first ``points`` stored points, not
+    re-normalised, encoded as given (the official SVM input, docs/FIDELITY.md V3)."""
     pool = default_pool(ckpt, pool)
     points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
-                                                           batch_size, preset, progress)
+                                                           batch_size, preset, progress, sampling)
     tr, te = feats["train"], feats["test"]
     paper_C = paper_C_for(data)
     res = run_svm(tr.X, tr.y, te.X, te.y, C=C, paper_C=paper_C, folds=folds, seed=seed, solver=solver)
     pred = res.pop("predictions")
-    settings = {"points": points, "pool": pool, "C": C, "cv_folds": folds, "solver": solver,
-                "paper_C": paper_C, "standardize": False, "feature_dim": int(tr.X.shape[1]),
+    settings = {"points": points, "sampling": sampling, "pool": pool, "C": C, "cv_folds": folds,
+                "solver": solver, "paper_C": paper_C, "standardize": False, "feature_dim": int(tr.X.shape[1]),
                 "device": str(dev), "batch_size": batch_size}
     result = {**_base("svm", data, info, seed, settings, splits), **res, **_counts(feats)}
     return write_result(out, result, te.y, pred, splits["train"].classes)

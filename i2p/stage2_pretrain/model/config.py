@@ -17,6 +17,7 @@ MASK_MODES = ("saliency", "random")
 TARGETS = ("2d3d", "3d")
 TOKEN_MERGES = ("i2p", "official")
 EVAL_MODES = ("i2p", "official")
+DECODER_STYLES = ("i2p", "official")
 
 
 @dataclass
@@ -90,6 +91,17 @@ class ModelConfig:
     # features of a batch whose clouds have different visible-token counts depend on the batch.
     # Kept to reproduce that computation; () or zeros = every cloud as if alone.
     official_local_radius: tuple[float, ...] = ()
+    # The pre-training decoder's token propagation and init (docs/FIDELITY.md P13, P14). 'i2p':
+    # Linear-LayerNorm-GELU fusion, truncated-normal linears (no batch statistics anywhere in
+    # the decoder). 'official': the official PointNetFeaturePropagation (Conv-BN-GELU fuse and
+    # ``dec_up_blocks`` residual Conv-BN blocks, BatchNorm over the batch's tokens) and the
+    # official init (xavier-uniform transformer linears, PyTorch defaults for the rest and the
+    # heads). Not part of an encoder export.
+    decoder_style: str = "i2p"
+    dec_up_blocks: int = 1  # residual blocks after each official fusion (official decoder_up_blocks)
+    # Visible coarsest tokens. 'i2p': round(G * (1 - mask_ratio)). 'official': G - int(mask_ratio
+    # * G) (I2P_MAE.py:98-99). Equal at the paper sizes (13 of 64); G=32: 6 vs 7.
+    visible_count: str = "i2p"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
     def __post_init__(self) -> None:
@@ -108,9 +120,12 @@ class ModelConfig:
     @classmethod
     def paper(cls, **overrides: Any) -> "ModelConfig":
         """The published pre-training recipe: the published sizes and the objective
-        L3d + 1.0 * L2d, nothing added. The encoder has 12,668,968 parameters with i2p's token
-        merging (``token_merge='i2p'``, the default) and 12,654,976 with the official one."""
-        base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False)
+        L3d + 1.0 * L2d, nothing added, the official decoder (``decoder_style='official'``) and
+        visible-token count (``visible_count='official'``).
+        The encoder has 12,668,968 parameters with i2p's token merging (``token_merge='i2p'``, the
+        default) and 12,654,976 with the official one."""
+        base = dict(lambda_2d=1.0, global_ratio=0.0, target_l2=False, decoder_style="official",
+                    visible_count="official")
         base.update(overrides)
         return cls(**base)
 
@@ -134,8 +149,12 @@ class ModelConfig:
         return self.num_levels - len(self.dec_dims)
 
     def num_visible(self) -> int:
-        """Visible coarsest-level tokens: round(G * (1 - mask_ratio)), at least 1."""
-        return max(1, int(round(self.num_groups[-1] * (1.0 - self.mask_ratio))))
+        """Visible coarsest-level tokens, at least 1: round(G * (1 - mask_ratio)), or with
+        ``visible_count='official'`` the official G - int(mask_ratio * G)."""
+        g = self.num_groups[-1]
+        if self.visible_count == "official":
+            return max(1, g - int(self.mask_ratio * g))
+        return max(1, int(round(g * (1.0 - self.mask_ratio))))
 
     @property
     def use_2d(self) -> bool:
@@ -163,6 +182,12 @@ class ModelConfig:
             raise ValueError(f"token_merge must be one of {TOKEN_MERGES}, got {self.token_merge!r}")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
+        if self.decoder_style not in DECODER_STYLES:
+            raise ValueError(f"decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}")
+        if self.visible_count not in ("i2p", "official"):
+            raise ValueError(f"visible_count must be 'i2p' or 'official', got {self.visible_count!r}")
+        if self.dec_up_blocks < 0:
+            raise ValueError("dec_up_blocks must be >= 0")
         if self.official_local_radius and len(self.official_local_radius) != n:
             raise ValueError("official_local_radius needs one entry per level (or none)")
         if self.embed_norm not in ("batch", "layer"):

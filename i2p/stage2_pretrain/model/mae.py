@@ -94,7 +94,8 @@ class I2PMAE(nn.Module):
         use_global = cfg.use_2d and cfg.global_ratio > 0
         self.head_global = nn.Linear(cfg.enc_dims[-1], cfg.views * cfg.teacher_channels) if use_global else None
         for head in (self.head_3d, self.head_2d, self.head_global):
-            if head is not None:
+            # official: the heads keep PyTorch's default init (Conv1d rec_head_*, I2P_MAE.py:256-261)
+            if head is not None and not (cfg.decoder_style == "official" and head is not self.head_global):
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
 
