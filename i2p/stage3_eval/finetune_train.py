@@ -215,9 +215,9 @@ class _Loop:
         try:
             save_checkpoint(ck, path, keep_previous=keep_previous)
         except OSError as exc:  # disk full, quota, I/O error: the previous checkpoint is untouched
-            raise UserError(f"cannot write {path.name} (epoch {self.state['epoch']}, step {self.pos}) in "
-                            f"{self.out} ({exc.strerror or exc}); the previous checkpoint is intact: free "
-                            "space and re-run the same command to resume") from None
+            step = self.state["epoch"] * self.steps + self.pos
+            raise UserError(f"cannot write {path.name} of step {step} in {self.out} ({exc.strerror or exc}); the "
+                            "previous checkpoint is intact: free space and re-run the same command to resume") from None
 
     def _stop_line(self, stop: StopOnSignal) -> str:
         done = self.state["epoch"] * self.steps + self.pos
