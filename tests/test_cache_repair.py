@@ -144,3 +144,24 @@ def test_a_damaged_sample_read_in_a_loader_worker_is_the_same_one_line(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("i2p: error: cache ") and "cannot be read" in err[0], err
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_pretrain_checks_every_shard_up_front(tmp_path, damage):
+    from i2p.common.errors import CacheError
+    from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.train import pretrain
+
+    out = tmp_path / "c"
+    build_small_cache(out, data=DATA, points=128)
+    f = _shard_file(out, "saliency", 1)  # the last shard: read last by an epoch
+    if damage == "truncated":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        f.unlink()
+    cfg = pcfg.resolve("tiny", ["data.workers=0", "log.progress=false", "optim.batch_size=8", "optim.epochs=1",
+                                "data.holdout=0", "model.enc_depths=[1,1,1]", "data.points=128"])
+    with pytest.raises(CacheError, match=r"saliency of shard 1 (cannot be read|holds NaN/Inf)") as info:
+        pretrain(str(out), str(tmp_path / "run"), cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()  # refused before the run directory, let alone a checkpoint
