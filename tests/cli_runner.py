@@ -2,7 +2,8 @@
 
 ``I2P_TEST_KILL_AT_SHARD=k`` makes the process SIGKILL itself after shard k's arrays are
 written but before its completion marker: the worst moment for a crash.
-``I2P_TEST_KILL_AT_STEP=s`` makes a pretrain SIGKILL itself right after logging step s.
+``I2P_TEST_KILL_AT_STEP=s`` makes a pretrain (or a fine-tune) SIGKILL itself right after logging
+step s; ``I2P_TEST_TERM_AT_STEP=s`` sends it SIGTERM there instead (a Slurm pre-emption).
 ``I2P_TEST_KILL_IN_CKPT=s`` makes it SIGKILL itself while writing the checkpoint of step s
 (half of the bytes in the temporary file); ``I2P_TEST_KILL_IN_ROTATE=s`` between moving the
 old ``last.ckpt`` to ``last.ckpt.prev`` and renaming the new one into place.
@@ -30,15 +31,17 @@ if kill_at is not None:
     cs.mark_shard_done = _killing
 
 kill_step = os.environ.get("I2P_TEST_KILL_AT_STEP")
-if kill_step is not None:
+term_step = os.environ.get("I2P_TEST_TERM_AT_STEP")
+if kill_step is not None or term_step is not None:
     from i2p.stage2_pretrain.diagnostics import MetricsLog
 
     _write = MetricsLog.write
+    _sig, _at = (signal.SIGKILL, int(kill_step)) if kill_step is not None else (signal.SIGTERM, int(term_step))
 
     def _killing_write(self, record):
         _write(self, record)
-        if record.get("step") == int(kill_step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if record.get("step") == _at and "loss" in record:
+            os.kill(os.getpid(), _sig)
 
     MetricsLog.write = _killing_write
 

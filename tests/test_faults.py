@@ -149,3 +149,97 @@ def test_sigterm_writes_a_checkpoint_and_exits_for_requeue(small_cache, tmp_path
         assert main(cli_args(small_cache, run)) == EXIT_REQUEUE
     assert load_checkpoint(run / "last.ckpt")["step"] == 3
 
+
+
+# ---------------------------------------------------------------- i2p eval finetune
+# 13 shapes (1 carved off for validation), batch 4: 3 steps per epoch, 3 epochs.
+FT = ["eval", "finetune", "--ckpt", "random", "--data", "builtin:primitives?n_train=1&n_test=1", "--points", "256",
+      "--epochs", "3", "--batch-size", "4", "--warmup-epochs", "1", "--device", "cpu", "--no-progress"]
+
+
+def ft_result(out) -> tuple:
+    res = json.loads(Path(out, "result.json").read_text())
+    return losses(out), res["history"], res["selected_epoch"], res["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def ft_ref(tmp_path_factory):
+    """An uninterrupted fine-tune: its per-step losses, history, selection and accuracy."""
+    out = tmp_path_factory.mktemp("ft") / "ref"
+    assert main(FT + ["--out", str(out)]) == 0
+    return ft_result(out)
+
+
+def test_finetune_sigterm_mid_epoch_exits_for_requeue_and_resumes_exactly(ft_ref, tmp_path, monkeypatch, capsys):
+    write = MetricsLog.write
+
+    def term_at_4(self, rec):
+        write(self, rec)
+        if rec.get("step") == 4 and "loss" in rec:  # the first step of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MetricsLog, "write", term_at_4)
+    out = tmp_path / "ft"
+    assert main(FT + ["--out", str(out)]) == EXIT_REQUEUE
+    assert "stopped by SIGTERM after step 4 of 9" in capsys.readouterr().err
+    ck = load_checkpoint(out / "last.ckpt")
+    assert (ck["step"], ck["epoch"], ck["pos"]) == (4, 1, 1) and ck["rng"] is not None
+    monkeypatch.setattr(MetricsLog, "write", write)
+    assert main(FT + ["--out", str(out)]) == 0
+    assert ft_result(out) == ft_ref  # the RNG streams continued mid-epoch: bit for bit
+
+
+def test_finetune_damaged_or_hostile_last_ckpt(ft_ref, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(FT + ["--out", str(out)]) == 0
+    last = out / "last.ckpt"
+    assert load_checkpoint(last.with_name("last.ckpt.prev"))["step"] == 6
+    last.write_bytes(last.read_bytes()[:1000])  # truncated: falls back to epoch 2 and redoes epoch 3
+    with pytest.warns(UserWarning, match="resuming from last.ckpt.prev \\(step 6\\)"):
+        assert main(FT + ["--out", str(out)]) == 0
+    assert ft_result(out) == ft_ref
+
+    marker = tmp_path / "pwned"
+    torch.save({"format": FORMAT, "model": {}, "step": 9, "payload": Evil(str(marker))}, last)
+    last.with_name("last.ckpt.prev").unlink()
+    capsys.readouterr()
+    assert main(FT + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no intact checkpoint" in err[0] and "cannot be read" in err[0], err
+    assert not marker.exists()
+
+
+def test_finetune_disk_full_keeps_previous_checkpoint_and_rerun_completes(ft_ref, tmp_path, monkeypatch, capsys):
+    from i2p.common import checkpoint as ck
+
+    save = torch.save
+
+    def full_disk(obj, fh, *a, **k):
+        if isinstance(obj, dict) and obj.get("step") == 6:
+            fh.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(obj, fh, *a, **k)
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    out = tmp_path / "ft"
+    assert main(FT + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.ckpt of step 6" in err[0] and "No space left on device" in err[0], err
+    assert "previous checkpoint is intact" in err[0]
+    assert load_checkpoint(out / "last.ckpt")["step"] == 3 and not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(ck.torch, "save", save)
+    assert main(FT + ["--out", str(out)]) == 0
+    assert ft_result(out) == ft_ref
+
+
+def test_second_finetune_on_one_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "ft"
+    out.mkdir()
+    held = RunDirLock(out, "i2p eval finetune").acquire()
+    try:
+        assert main(FT + ["--out", str(out), "--epochs", "1"]) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another i2p eval finetune" in err[0] and f"pid {os.getpid()}" in err[0], err
+    assert not (out / "last.ckpt").exists()

@@ -35,7 +35,29 @@ def open_for_training(url: str, num_points: int | None = None) -> dict:
                          f"{num_points}: rebuild the cache with --points {num_points} or drop the setting")
     if attrs.get("num_valid", 0) < 1:
         raise CacheError(f"cache {url} holds no valid sample")
+    _probe_shards(root, layout, done, url)
     return attrs
+
+
+def _probe_shards(root, layout, done: dict, url: str) -> None:
+    """Read one valid sample of every shard of every array, up front. Why: a shard file that is
+    missing, truncated or overwritten (its index, at the end, no longer reads) then stops the run
+    before its directory is made, not at the shard's first batch hours in; the cost is one
+    chunk per shard and array, not the full read of ``i2p cache verify``. Flipped bytes inside
+    another chunk are caught when that sample is read (its CRC32C), also before a step uses it."""
+    skipped = {k["index"] for m in done.values() for k in m.get("skips", [])}
+    for shard in sorted(done):
+        i = next((j for j in range(*layout.shard_range(shard)) if j not in skipped), None)
+        for name in layout.array_specs() if i is not None else ():
+            try:
+                ok = bool(np.isfinite(np.asarray(root[name][i], dtype=np.float32)).all())
+            except Exception as exc:  # noqa: BLE001 - corrupt bytes surface as codec errors
+                ok, why = False, f"cannot be read ({type(exc).__name__})"
+            else:
+                why = "holds NaN/Inf (not written?)"
+            if not ok:
+                raise CacheError(f"cache {url}: {name} of shard {shard} {why}; run 'i2p cache verify' and "
+                                 "re-run the cache build to repair it")
 
 
 def augmentation_draw(seed: int, epoch: int, index: int, scale_range: tuple[float, float] = (2 / 3, 3 / 2),

@@ -38,3 +38,9 @@ class StopOnSignal:
     @property
     def name(self) -> str | None:
         return signal.Signals(self.signal).name if self.signal is not None else None
+
+
+class StoppedBySignal(Exception):
+    """A run stopped at a safe point by :class:`StopOnSignal` after saving its progress. Not a
+    :class:`~i2p.common.errors.UserError`: nothing is wrong, and the command line turns it into
+    exit :data:`EXIT_REQUEUE` (re-run the same command to resume)."""

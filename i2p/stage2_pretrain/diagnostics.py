@@ -38,10 +38,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines past the checkpoint's step
-    are dropped so the log reads as one uninterrupted run."""
+    """metrics.jsonl + TensorBoard (rank 0 only; ``tensorboard=False``: the JSON log alone, as
+    ``i2p eval finetune`` keeps it). On resume, lines past the checkpoint's step are dropped so
+    the log reads as one uninterrupted run."""
 
-    def __init__(self, run_dir: Path, resume_step: int, enabled: bool):
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool, tensorboard: bool = True):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
@@ -50,6 +51,8 @@ class MetricsLog:
         if self.path.exists():
             keep = [ln for ln, rec in _records(self.path) if rec.get("step", 0) <= resume_step]
             write_text(self.path, "".join(ln + "\n" for ln in keep))
+        if not tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)

@@ -30,8 +30,9 @@ class RunDirBusy(UserError):
 
 
 class RunDirLock:
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, command: str = "i2p pretrain"):
         self.path = Path(run_dir) / ".lock"
+        self.command = command  # who the refusal names as the other user of the directory
         self._fd: int | None = None
 
     def holder(self) -> dict:
@@ -47,7 +48,7 @@ class RunDirLock:
         except OSError:
             os.close(fd)
             h = self.holder()
-            raise RunDirBusy(f"{self.path.parent} is in use by another i2p pretrain (pid {h.get('pid', '?')} on "
+            raise RunDirBusy(f"{self.path.parent} is in use by another {self.command} (pid {h.get('pid', '?')} on "
                              f"host {h.get('host', '?')}, started {h.get('started', '?')}); wait for it or "
                              "use another --out") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -66,6 +67,12 @@ class RunDirLock:
         finally:
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> "RunDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def __del__(self):
         try:

@@ -178,7 +178,14 @@ def finetune_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POI
     rc = finetune_presets.resolve(value(recipe), points=points, epochs=epochs, batch_size=batch_size, lr=lr,
                                   weight_decay=weight_decay, warmup=warmup, smoothing=smoothing, dropout=dropout,
                                   votes=votes, local_radii=None if local_radii is None else _radii(local_radii))
-    _show(runner.finetune(ckpt, data, str(_out(out, "finetune")), rc.points, rc.epochs, rc.batch_size, rc.lr,
-                          rc.weight_decay, rc.warmup, rc.smoothing, rc.dropout, val_frac, value(select_on), rc.votes,
-                          rc.local_radii, seed, device, resume, value(preset), progress,
-                          recipe=rc if recipe is not None else None))
+    from i2p.common.signals import EXIT_REQUEUE, StoppedBySignal
+
+    try:
+        result = runner.finetune(ckpt, data, str(_out(out, "finetune")), rc.points, rc.epochs, rc.batch_size, rc.lr,
+                                 rc.weight_decay, rc.warmup, rc.smoothing, rc.dropout, val_frac, value(select_on),
+                                 rc.votes, rc.local_radii, seed, device, resume, value(preset), progress,
+                                 recipe=rc if recipe is not None else None)
+    except StoppedBySignal as stop:  # progress saved; the exit status asks the scheduler to requeue
+        typer.echo(str(stop), err=True)
+        raise typer.Exit(EXIT_REQUEUE) from None
+    _show(result)

@@ -13,22 +13,18 @@ common best-on-test practice but the result then says so in its first line. ``se
 "last"`` takes the final epoch. Test-time voting averages softmax over ``votes`` passes (the
 first unaugmented, the others augmented as in training).
 
-Resumable: ``OUT/last.ckpt`` after every epoch (atomic, via :mod:`i2p.common.checkpoint`);
-every random draw derives from ``(seed, epoch, step)``, so a resumed run is the run that was
-interrupted. Shapes are loaded into memory once (ModelNet40 at 1024 points is ~120 MB).
+The training loop, resumable bit for bit at any kill point, is :mod:`finetune_train`. Shapes are
+loaded into memory once (ModelNet40 at 1024 points is ~120 MB).
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from i2p.common.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from i2p.common.errors import SampleError, UserError
 from i2p.common.geometry import stable_seed
 from i2p.stage3_eval import finetune_presets as fp
@@ -132,80 +128,3 @@ def predict(clf: Classifier, pts: np.ndarray, batch_size: int, device, votes: in
     if pool is not None and votes > 1:
         probs = torch.softmax(torch.from_numpy(probs), dim=-1).numpy()
     return probs
-
-
-def train(clf: Classifier, data: dict, out: Path, *, epochs: int, batch_size: int, lr: float,
-          weight_decay: float, warmup: int, smoothing: float, select_on: str, seed: int, device,
-          settings: dict, resume: bool = True, progress: bool = True, recipe=None,
-          sample_points: int | None = None) -> dict:
-    """Train ``clf`` on ``data['train']`` = (pts, labels); select on val/test/last.
-    Returns history and the selected epoch; leaves the selected weights loaded in ``clf``.
-    ``recipe`` (:class:`finetune_presets.FinetuneRecipe`) adds the loss, schedule, gradient
-    clipping, augmentation it names; None = i2p's. ``sample_points``: each step draws that many
-    points of every training cloud (the official draw from an FPS pool); None = all."""
-    from tqdm.auto import tqdm
-
-    recipe = recipe or fp.DEFAULT
-
-    if select_on not in SELECT:
-        raise UserError(f"--select-on must be one of {', '.join(SELECT)} (got {select_on!r})")
-    Xtr, ytr = data["train"]
-    steps_per_epoch = math.ceil(len(ytr) / batch_size)
-    # The paper warms up 10 of 300 epochs; a short run keeps that proportion (at least one
-    # epoch) instead of ending before its learning rate ever reaches the base value.
-    if recipe.schedule == "i2p":
-        warmup = min(warmup, max(1, epochs // 10))
-    step_fn = fp.StepRecipe(recipe, steps_per_epoch, epochs, warmup, lr, smoothing, sample_points)
-    opt = torch.optim.AdamW(fp.param_groups(clf, weight_decay, recipe), lr=lr, weight_decay=weight_decay)
-    state = {"epoch": 0, "best": -1.0, "best_epoch": None, "history": []}
-    best_sd = None
-    last = out / "last.ckpt"
-    if resume and last.is_file():
-        ck = load_checkpoint(last)
-        if ck.get("config", {}).get("finetune") != settings:
-            raise UserError(f"{last} belongs to a fine-tune run with other settings; use another --out "
-                            "or --no-resume")
-        load_model_state(clf, ck["model"], what=f"resumed fine-tune {last}")
-        opt.load_state_dict(ck["optimizer"])
-        state = {k: ck[k] for k in state}
-        if (out / "best.ckpt").is_file():
-            best_sd = load_checkpoint(out / "best.ckpt")["model"]
-    clf.to(device)
-    for epoch in range(state["epoch"], epochs):
-        clf.train()
-        torch.manual_seed(stable_seed(seed, "dropout", epoch))
-        gen = torch.Generator().manual_seed(stable_seed(seed, "aug", epoch))
-        order = np.random.default_rng([seed, epoch]).permutation(len(ytr))
-        losses = []
-        for j in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            idx = order[j * batch_size:(j + 1) * batch_size]
-            if len(idx) < 2:  # BatchNorm needs 2 samples: drop a last batch of one
-                continue
-            for g in opt.param_groups:
-                g["lr"] = step_fn.lr(epoch, j)
-            x = step_fn.batch(Xtr[idx], gen, (seed, epoch, j)).to(device)
-            loss = step_fn.loss(clf(x), torch.from_numpy(ytr[idx]).to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(clf.parameters(), recipe.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
-        sel_part = {"val": "val", "test": "test"}.get(select_on)
-        for part in ("val", "test") if select_on == "test" else ("val",):
-            if part in data:
-                Xp, yp = data[part]
-                row[f"{part}_accuracy"] = float(np.mean(predict(clf, Xp, batch_size, device).argmax(1) == yp))
-        score = row.get(f"{sel_part}_accuracy", 0.0) if sel_part else float(epoch)
-        if score > state["best"]:
-            state["best"], state["best_epoch"] = score, epoch + 1
-            best_sd = {k: v.detach().cpu().clone() for k, v in clf.state_dict().items()}
-            save_checkpoint({"model": best_sd, "config": {"finetune": settings}, "epoch": epoch + 1}, out / "best.ckpt")
-        state["history"].append(row)
-        state["epoch"] = epoch + 1
-        save_checkpoint({"model": clf.state_dict(), "optimizer": opt.state_dict(),
-                         "config": {"finetune": settings}, **state}, last)
-    if best_sd is not None:
-        load_model_state(clf, best_sd, what="selected fine-tune weights")
-    return state

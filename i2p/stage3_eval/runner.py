@@ -262,6 +262,23 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
                         pooled["y_true"], pooled["y_pred"], classes)
 
 
+def _finetune_parts(splits: dict, select_on: str, val_frac: float, seed: int, recipe, points: int,
+                    progress: bool) -> tuple[dict, dict, tuple[list, list]]:
+    """``({"train"|"val"|"test": (X, y)}, the official FPS pools, (skipped train, skipped test))``:
+    the clouds in memory, the validation split carved from train when selecting on it."""
+    from i2p.stage3_eval import finetune as ft, finetune_presets as fp
+
+    Xtr, ytr, sk_tr = ft.load_clouds(splits["train"], progress=progress)
+    Xte, yte, sk_te = ft.load_clouds(splits["test"], progress=progress)
+    parts = {"test": (Xte, yte)}
+    if select_on == "val":
+        tr, va = ft.carve_validation(ytr, val_frac, seed)
+        parts["val"] = (Xtr[va], ytr[va])
+        Xtr, ytr = Xtr[tr], ytr[tr]
+    parts["train"] = (Xtr, ytr)
+    return parts, fp.official_clouds(parts, recipe, points), (sk_tr, sk_te)
+
+
 def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: int = 300,
              batch_size: int = 32, lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 10,
              smoothing: float = 0.2, dropout: float = 0.5, val_frac: float = 0.1, select_on: str = "val",
@@ -274,7 +291,9 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
 
     import torch
 
-    from i2p.stage3_eval import finetune as ft, finetune_presets as fp
+    from i2p.common.device import deterministic_cpu
+    from i2p.stage2_pretrain.run_dir import RunDirLock
+    from i2p.stage3_eval import finetune as ft, finetune_presets as fp, finetune_train
 
     rc = recipe or fp.DEFAULT
     points = points or default_points(data)
@@ -292,15 +311,8 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
     n_levels = len(info["model_config"]["enc_dims"])
     if local_radii and len(local_radii) != n_levels:
         raise UserError(f"--local-radii needs {n_levels} values (one per level), got {len(local_radii)}")
-    Xtr, ytr, sk_tr = ft.load_clouds(splits["train"], progress=progress)
-    Xte, yte, sk_te = ft.load_clouds(splits["test"], progress=progress)
-    data_parts = {"test": (Xte, yte)}
-    if select_on == "val":
-        tr, va = ft.carve_validation(ytr, val_frac, seed)
-        data_parts["val"] = (Xtr[va], ytr[va])
-        Xtr, ytr = Xtr[tr], ytr[tr]
-    data_parts["train"] = (Xtr, ytr)
-    pools, Xte = fp.official_clouds(data_parts, rc, points), data_parts["test"][0]  # FPS pools (official)
+    data_parts, pools, (sk_tr, sk_te) = _finetune_parts(splits, select_on, val_frac, seed, rc, points, progress)
+    (Xte, yte), ytr = data_parts["test"], data_parts["train"][1]
     classes = splits["train"].classes
     clf = ft.Classifier(enc.network, len(classes), info["model_config"]["enc_dims"][-1],
                         dropout=dropout, local_radii=local_radii, head=rc.head, group_sizes=rc.group_sizes)
@@ -312,12 +324,14 @@ def finetune(ckpt: str, data: str, out: str, points: int | None = None, epochs: 
                 **({} if recipe is None else rc.settings())}
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    state = ft.train(clf, data_parts, outp, epochs=epochs, batch_size=batch_size, lr=lr,
-                     weight_decay=weight_decay, warmup=warmup, smoothing=smoothing, select_on=select_on,
-                     seed=seed, device=dev, settings=settings, resume=resume, progress=progress, recipe=rc,
-                     sample_points=points if rc.fps_pool else None)
-    probs1 = ft.predict(clf, Xte, batch_size, dev, 1, seed)
-    probs = ft.predict(clf, Xte, batch_size, dev, votes, seed, pools.get("test")) if votes > 1 else probs1
+    # one run per directory; deterministic kernels: a killed and re-run fine-tune is bit-identical
+    with RunDirLock(outp, "i2p eval finetune"), deterministic_cpu(dev):
+        state = finetune_train.train(clf, data_parts, outp, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     weight_decay=weight_decay, warmup=warmup, smoothing=smoothing,
+                                     select_on=select_on, seed=seed, device=dev, settings=settings, resume=resume,
+                                     progress=progress, recipe=rc, sample_points=points if rc.fps_pool else None)
+        probs1 = ft.predict(clf, Xte, batch_size, dev, 1, seed)
+        probs = ft.predict(clf, Xte, batch_size, dev, votes, seed, pools.get("test")) if votes > 1 else probs1
     pred = probs.argmax(1)
     result = {**_base("finetune", data, info, seed, {**settings, "device": str(dev)}, splits),
               "accuracy": float(np.mean(pred == yte)), "accuracy_no_vote": float(np.mean(probs1.argmax(1) == yte)),
