@@ -11,6 +11,7 @@ mkdir -p "$RUNS"
 CACHE=$XFER/cacheA-train SHREC=$XFER/shrecB "$here/../balance/run.sh" "$@"
 name=$1; seed=$2; epochs=$3
 out=$RUNS/$name-s$seed-e$epochs
+[[ -e $out/svm-shrec/result.json ]] || { echo "skip $out: not finished (another queue runs it)"; exit 0; }
 [[ -e $out/svm-A/result.json ]] || i2p eval svm --ckpt "$out/last.ckpt" --data "meshes:$XFER/shrecA" --out "$out/svm-A" >> "$out.log" 2>&1
 python - "$out" "$name" "$seed" <<'PY'
 import json, sys
