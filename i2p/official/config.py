@@ -19,6 +19,10 @@ from i2p.common.errors import UserError
 from i2p.stage2_pretrain.model.config import ModelConfig
 
 SOURCES = ("i2p-mae", "point-m2ae")
+OFFICIAL_REPOS = {
+    "i2p-mae": ("https://github.com/ZrrSkywalker/I2P-MAE", "7d4e519d34d9a84efdaf3420c3797ecb4e9f1d7f"),
+    "point-m2ae": ("https://github.com/ZrrSkywalker/Point-M2AE", "1bdbe05bc13e83dc476660887258abf1e457fed0"),
+}
 
 # The published pre-training configs: the model sections of cfgs/pre-training/i2p-mae.yaml
 # (I2P-MAE @ 7d4e519) and cfgs/pre-training/point-m2ae.yaml (Point-M2AE @ 1bdbe05).
@@ -132,6 +136,8 @@ def to_official_section(cfg: ModelConfig, source: str = "i2p-mae") -> dict[str, 
         "decoder_depths": list(cfg.dec_depths), "decoder_dims": list(cfg.dec_dims),
         "drop_path_rate": cfg.drop_path, "num_heads": cfg.num_heads,
     })
+    if any(cfg.official_local_radius):
+        base["local_radius"] = list(cfg.official_local_radius)
     if source != "i2p-mae":
         base.pop("clip_config", None)
     return base
