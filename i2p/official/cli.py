@@ -90,8 +90,8 @@ def export(ckpt: str = typer.Option(..., "--ckpt", callback=existing_checkpoint,
         raise UserError(f"--format must be one of i2p, {', '.join(FORMATS[:2])} (got {format_!r})")
     given = [name for name, v in (("--pool", pool), ("--calibrate", calibrate), ("--points", points)) if v is not None]
     if given:
-        raise UserError(f"{', '.join(given)} apply to --format i2p only: the official layout records no pooling "
-                        f"and no calibration")
+        raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --format i2p only: "
+                        f"the official layout records no pooling and no calibration")
     from i2p.official.export import export_official
 
     res = export_official(ckpt, out, format_, module_prefix=module_prefix)

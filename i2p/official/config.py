@@ -123,10 +123,12 @@ def to_model_config(section: Mapping[str, Any], source: str) -> ModelConfig:
 def to_official_section(cfg: ModelConfig, source: str = "i2p-mae") -> dict[str, Any]:
     """The official ``model:`` section of an i2p config with the official token merging (the
     stored ``extra['official']`` entries that i2p does not model are kept)."""
-    if cfg.token_merge != "official" or tuple(cfg.embed_hidden) != (128, 256) or cfg.embed_norm != "batch" \
-            or cfg.mlp_ratio != 4.0:
-        raise UserError("only an encoder with the official architecture (token_merge='official', "
-                        "embed_hidden [128, 256], BatchNorm, mlp_ratio 4) has an official layout")
+    need = (("token_merge", cfg.token_merge, "official"), ("embed_hidden", list(cfg.embed_hidden), [128, 256]),
+            ("embed_norm", cfg.embed_norm, "batch"), ("mlp_ratio", float(cfg.mlp_ratio), 4.0))
+    bad = [f"model.{name}={have!r} (official: {want!r})" for name, have, want in need if have != want]
+    if bad:
+        raise UserError("this encoder does not have the official architecture, so it has no official layout: "
+                        + ", ".join(bad))
     base = paper_config(source)
     base.update({k: v for k, v in (cfg.extra or {}).get("official", {}).items() if k != "source"})
     base.update({

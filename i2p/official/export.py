@@ -169,7 +169,7 @@ def export_official(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: 
     model_state, enc_state, cfg, prov = _load(source)
     section = oc.to_official_section(cfg, fmt)  # refuses an architecture the official code cannot build
     enc = encoder_entries(enc_state, section)
-    whole, note = (None, "an export directory holds the encoder only") if model_state is None \
+    whole, note = (None, "the source is an export directory, which holds no decoder") if model_state is None \
         else whole_model_entries(model_state, cfg, section, fmt)
     entries = whole if whole is not None else enc
     params = sum(v.numel() for k, v in entries.items() if v.is_floating_point()
