@@ -130,7 +130,8 @@ def test_paper_config_exports_the_released_manifests(tmp_path, capsys):
     torch.manual_seed(0)
     run = _run_checkpoint(tmp_path / "run", I2PMAE(ModelConfig.paper(token_merge="official", teacher_channels=512)))
     res = export_official(run, tmp_path / "i2p", "i2p-mae", module_prefix=True)
-    got = [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in _written(res.checkpoint)["base_model"].items()]
+    got = [(k, tuple(v.shape), str(v.dtype).replace("torch.", ""))
+           for k, v in _written(res.checkpoint)["base_model"].items()]
     assert got == i2pmae and res.parameters == 17_622_808
     assert oc.read_model_section(res.config) == oc.paper_config("i2p-mae")
     # Point-M2AE: its 3D head (rec_head, 3 x group_sizes[0]) is not i2p's, so the encoder, said in one line

@@ -62,7 +62,8 @@ def convert(
 
     enc = load_encoder(src, "cpu")  # the one loader: an export directory (or an i2p checkpoint / run)
     path = write_official_checkpoint(enc.state_dict(), enc.config, out, source=to)
-    typer.echo(f"wrote the encoder of {src} in the official {to} layout -> {path}", err=True)
+    typer.echo(f"wrote the encoder of {src} in the official {to} layout ('module.' keys, as released; the official "
+               f"fine-tuning loader needs them unprefixed: i2p export --format {to}) -> {path}", err=True)
 
 
 def export(ckpt: str = typer.Option(..., "--ckpt", callback=existing_checkpoint, help=SOURCE_HELP),
@@ -75,8 +76,9 @@ def export(ckpt: str = typer.Option(..., "--ckpt", callback=existing_checkpoint,
                                        "i2p-mae | point-m2ae (the official checkpoint layout: OUT/FORMAT.pth + "
                                        "OUT/FORMAT.yaml, the official model: section)"),
            module_prefix: bool = typer.Option(False, "--module-prefix",
-                                              help="official formats: 'module.'-prefixed keys (nn.DataParallel, as the "
-                                                   "released files); the official fine-tuning loaders need them unprefixed"),
+                                              help="official formats: 'module.'-prefixed keys (nn.DataParallel, "
+                                                   "as the released files); the official fine-tuning loaders need "
+                                                   "them unprefixed"),
            ) -> None:
     """Export the encoder: OUT/model.safetensors (encoder weights only) + config.json + README.md.
 

@@ -15,9 +15,9 @@ from the official constructors, equal to the released checkpoints' manifests at 
 config -- and written in the official state_dict order.
 
 Why no ``module.`` prefix by default: the official fine-tuning models load
-``ckpt['base_model']`` with ``strict=False`` and do not strip ``module.``
-(I2P_MAE_Finetune.py:140-142, Point_M2AE_Finetune.py:144-146; builder.py:148-158 is load_model), so prefixed keys would be
-silently ignored there; ``builder.load_model`` (SVM, ``--start_ckpts``) strips it, so
+``ckpt['base_model']`` with ``strict=False`` and do not strip ``module.`` (I2P_MAE_Finetune.py:140-142,
+Point_M2AE_Finetune.py:144-146), so prefixed keys would be silently ignored there;
+``builder.load_model`` (tools/builder.py:148-158: SVM, ``--start_ckpts``) strips it, so
 unprefixed keys load everywhere -- it is the layout of an official DistributedDataParallel run.
 ``module_prefix=True`` writes the nn.DataParallel layout of the released files.
 

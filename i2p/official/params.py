@@ -101,7 +101,8 @@ def official_model_shapes(section: Mapping[str, Any], source: str = "i2p-mae") -
             out[f"{p}.norm2.weight"] = out[f"{p}.norm2.bias"] = (d,)
             out[f"{p}.mlp.fc1.weight"], out[f"{p}.mlp.fc1.bias"] = (4 * d, d), (4 * d,)
             out[f"{p}.mlp.fc2.weight"], out[f"{p}.mlp.fc2.bias"] = (d, 4 * d), (d,)
-            out[f"{p}.attn.qkv.weight"], out[f"{p}.attn.proj.weight"], out[f"{p}.attn.proj.bias"] = (3 * d, d), (d, d), (d,)
+            out[f"{p}.attn.qkv.weight"], out[f"{p}.attn.proj.weight"] = (3 * d, d), (d, d)
+            out[f"{p}.attn.proj.bias"] = (d,)
     for i, d in enumerate(dims):
         out[f"decoder_pos_embeds.{i}.0.weight"], out[f"decoder_pos_embeds.{i}.0.bias"] = (d, 3), (d,)
         out[f"decoder_pos_embeds.{i}.2.weight"], out[f"decoder_pos_embeds.{i}.2.bias"] = (d, d), (d,)
