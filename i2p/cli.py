@@ -81,7 +81,7 @@ def _mount() -> None:
     from i2p.report.cli import report; app.command("report")(report)  # noqa: E702
     from i2p.demo import demo; app.command("demo")(demo)  # noqa: E702
     from i2p.official.cli import convert; app.command("convert")(convert)  # noqa: E702
-    from i2p.api.cli import export; app.command("export")(export)  # noqa: E702
+    from i2p.official.cli import export; app.command("export")(export)  # noqa: E702  (api's, plus --format)
     from i2p.stage3_eval.embed_cli import embed; app.command("embed")(embed)  # noqa: E702
 
 

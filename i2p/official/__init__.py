@@ -5,6 +5,8 @@
 - :mod:`i2p.official.convert`: official checkpoints -> i2p encoder exports (``i2p convert``), and back.
   Exports are written and read by :mod:`i2p.api.export` (the one export format) and loaded
   with :func:`i2p.load_encoder`, like an ``i2p export``.
+- :mod:`i2p.official.export`: i2p runs and exports -> the official checkpoint layout
+  (``i2p export --format i2p-mae|point-m2ae``), whole pre-training model where it is the official one.
 - :mod:`i2p.official.eval`: :func:`official_embed`, the official eval computation with every
   level's intermediates.
 - :mod:`i2p.official.params`: parameter counts of both architectures.
@@ -14,7 +16,8 @@ docs/FIDELITY.md lists every difference between i2p and the official code.
 
 # Lazy: ``i2p convert`` is mounted by ``i2p.cli``, which must not import torch (tests/test_architecture.py).
 _WHERE = {"Converted": "convert", "ConversionError": "convert", "convert_checkpoint": "convert",
-          "convert_state": "convert", "convert_to_dir": "convert", "official_embed": "eval",
+          "convert_state": "convert", "convert_to_dir": "convert", "export_official": "export",
+          "official_embed": "eval",
           "official_outputs": "eval", "pool_tokens": "eval"}
 __all__ = sorted(_WHERE)
 

@@ -1,4 +1,8 @@
-"""``i2p convert``: official I2P-MAE / Point-M2AE checkpoints <-> i2p encoder exports."""
+"""``i2p convert``: official I2P-MAE / Point-M2AE checkpoints <-> i2p encoder exports; ``i2p
+export``: the api's export command plus ``--format i2p-mae|point-m2ae`` (the official layout,
+:mod:`i2p.official.export`). ``export`` is mounted from here because writing the official layout
+needs this package, which sits above :mod:`i2p.api` in the layering; ``--format i2p`` (the
+default) runs :func:`i2p.api.cli.export` unchanged."""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from typing import Optional
 
 import typer
 
+from i2p.api.cli import CALIBRATE, DEVICE, POOL, SEED, SOURCE_HELP
+from i2p.api.cli import export as export_i2p
+from i2p.common.cli_options import Pool, existing_checkpoint
 from i2p.common.errors import UserError
 
 FORMATS = ("i2p-mae", "point-m2ae", "i2p")
@@ -55,4 +62,43 @@ def convert(
 
     enc = load_encoder(src, "cpu")  # the one loader: an export directory (or an i2p checkpoint / run)
     path = write_official_checkpoint(enc.state_dict(), enc.config, out, source=to)
-    typer.echo(f"wrote the encoder of {src} in the official {to} layout -> {path}", err=True)
+    typer.echo(f"wrote the encoder of {src} in the official {to} layout ('module.' keys, as released; the official "
+               f"fine-tuning loader needs them unprefixed: i2p export --format {to}) -> {path}", err=True)
+
+
+def export(ckpt: str = typer.Option(..., "--ckpt", callback=existing_checkpoint, help=SOURCE_HELP),
+           out: Path = typer.Option(..., "--out", help="export directory to write"),
+           pool: Optional[Pool] = POOL, calibrate: Optional[str] = CALIBRATE,
+           points: Optional[int] = typer.Option(None, "--points", help="points per calibration shape "
+                                                                       "(default: the training point count)"),
+           seed: int = SEED, device: str = DEVICE,
+           format_: str = typer.Option("i2p", "--format", help="i2p (default: model.safetensors + config.json) | "
+                                       "i2p-mae | point-m2ae (the official checkpoint layout: OUT/FORMAT.pth + "
+                                       "OUT/FORMAT.yaml, the official model: section)"),
+           module_prefix: bool = typer.Option(False, "--module-prefix",
+                                              help="official formats: 'module.'-prefixed keys (nn.DataParallel, "
+                                                   "as the released files); the official fine-tuning loaders need "
+                                                   "them unprefixed"),
+           ) -> None:
+    """Export the encoder: OUT/model.safetensors (encoder weights only) + config.json + README.md.
+
+    Load it with `i2p.load_encoder(OUT)` or pass OUT to `i2p embed` / `i2p eval --ckpt`; loading reads json and safetensors only (no pickle).
+    --format i2p-mae|point-m2ae writes the official checkpoint layout instead: the whole pre-training model of a run with the official architecture and decoder, else the encoder."""  # noqa: E501
+    if format_ == "i2p":
+        if module_prefix:
+            raise UserError("--module-prefix applies to --format i2p-mae|point-m2ae only")
+        return export_i2p(ckpt, out, pool, calibrate, points, seed, device)
+    if format_ not in FORMATS[:2]:
+        raise UserError(f"--format must be one of i2p, {', '.join(FORMATS[:2])} (got {format_!r})")
+    given = [name for name, v in (("--pool", pool), ("--calibrate", calibrate), ("--points", points)) if v is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --format i2p only: "
+                        f"the official layout records no pooling and no calibration")
+    from i2p.official.export import export_official
+
+    res = export_official(ckpt, out, format_, module_prefix=module_prefix)
+    what = "whole pre-training model" if res.whole_model else "encoder"
+    typer.echo(f"exported the {what} of {ckpt} in the official {format_} layout ({res.keys} keys, "
+               f"{res.parameters:,} parameters) -> {res.checkpoint} + {res.config.name}")
+    if res.note:
+        typer.echo(f"encoder only: {res.note}", err=True)

@@ -19,6 +19,10 @@ from i2p.common.errors import UserError
 from i2p.stage2_pretrain.model.config import ModelConfig
 
 SOURCES = ("i2p-mae", "point-m2ae")
+OFFICIAL_REPOS = {
+    "i2p-mae": ("https://github.com/ZrrSkywalker/I2P-MAE", "7d4e519d34d9a84efdaf3420c3797ecb4e9f1d7f"),
+    "point-m2ae": ("https://github.com/ZrrSkywalker/Point-M2AE", "1bdbe05bc13e83dc476660887258abf1e457fed0"),
+}
 
 # The published pre-training configs: the model sections of cfgs/pre-training/i2p-mae.yaml
 # (I2P-MAE @ 7d4e519) and cfgs/pre-training/point-m2ae.yaml (Point-M2AE @ 1bdbe05).
@@ -119,10 +123,12 @@ def to_model_config(section: Mapping[str, Any], source: str) -> ModelConfig:
 def to_official_section(cfg: ModelConfig, source: str = "i2p-mae") -> dict[str, Any]:
     """The official ``model:`` section of an i2p config with the official token merging (the
     stored ``extra['official']`` entries that i2p does not model are kept)."""
-    if cfg.token_merge != "official" or tuple(cfg.embed_hidden) != (128, 256) or cfg.embed_norm != "batch" \
-            or cfg.mlp_ratio != 4.0:
-        raise UserError("only an encoder with the official architecture (token_merge='official', "
-                        "embed_hidden [128, 256], BatchNorm, mlp_ratio 4) has an official layout")
+    need = (("token_merge", cfg.token_merge, "official"), ("embed_hidden", list(cfg.embed_hidden), [128, 256]),
+            ("embed_norm", cfg.embed_norm, "batch"), ("mlp_ratio", float(cfg.mlp_ratio), 4.0))
+    bad = [f"model.{name}={have!r} (official: {want!r})" for name, have, want in need if have != want]
+    if bad:
+        raise UserError("this encoder does not have the official architecture, so it has no official layout: "
+                        + ", ".join(bad))
     base = paper_config(source)
     base.update({k: v for k, v in (cfg.extra or {}).get("official", {}).items() if k != "source"})
     base.update({
@@ -132,6 +138,8 @@ def to_official_section(cfg: ModelConfig, source: str = "i2p-mae") -> dict[str, 
         "decoder_depths": list(cfg.dec_depths), "decoder_dims": list(cfg.dec_dims),
         "drop_path_rate": cfg.drop_path, "num_heads": cfg.num_heads,
     })
+    if any(cfg.official_local_radius):
+        base["local_radius"] = list(cfg.official_local_radius)
     if source != "i2p-mae":
         base.pop("clip_config", None)
     return base

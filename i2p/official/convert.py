@@ -25,10 +25,7 @@ from i2p.common.errors import UserError
 from i2p.official import config as oc
 from i2p.official import keys as ok
 
-OFFICIAL_REPOS = {
-    "i2p-mae": ("https://github.com/ZrrSkywalker/I2P-MAE", "7d4e519d34d9a84efdaf3420c3797ecb4e9f1d7f"),
-    "point-m2ae": ("https://github.com/ZrrSkywalker/Point-M2AE", "1bdbe05bc13e83dc476660887258abf1e457fed0"),
-}
+OFFICIAL_REPOS = oc.OFFICIAL_REPOS  # (repository, commit) of each official code
 
 
 class ConversionError(UserError):
@@ -165,22 +162,23 @@ def official_state_dict(state: Mapping[str, torch.Tensor], prefix: str = "module
 
 
 def write_official_checkpoint(state: Mapping[str, torch.Tensor], model_cfg, out_file: str | os.PathLike,
-                              source: str = "i2p-mae") -> Path:
-    """Write an encoder in the official checkpoint layout (``{'base_model': {'module.h_encoder.
-    ...': tensor}, 'optimizer': None, 'epoch': 0, 'metrics': {'acc': 0.0}, 'best_metrics':
-    {'acc': 0.0}}``). It holds the encoder only, so the official fine-tuning models
-    (``load_model_from_ckpt``, strict=False) load it; the official SVM script loads strictly
-    into the whole pre-training model and would also need the decoder and CLIP."""
-    from i2p.official.params import official_encoder_shapes
+                              source: str = "i2p-mae", module_prefix: bool = True) -> Path:
+    """Write an encoder in the official checkpoint layout, atomically: ``{'base_model':
+    {'module.h_encoder....': tensor}, 'optimizer': None, 'epoch': 0, 'metrics': {'acc': 0.0},
+    'best_metrics': {'acc': 0.0}}`` in the official order (``i2p convert --from i2p --to
+    FMT``). ``module_prefix`` (default: the nn.DataParallel layout of the released files, so a
+    converted file goes back bit for bit): the official fine-tuning loaders do NOT strip
+    ``module.`` (I2P_MAE_Finetune.py:140-142), so for them pass False -- or use ``i2p export
+    --format FMT`` (:mod:`i2p.official.export`), which writes unprefixed keys and the YAML."""
+    from i2p.common.atomic import atomic_path
+    from i2p.official.export import encoder_entries
 
     section = oc.to_official_section(model_cfg, source)  # refuses a non-official architecture
-    entries = official_state_dict(state)
-    order = ["module." + ok.ENCODER_PREFIX + k for k in official_encoder_shapes(section)]  # official order
-    base = {k: entries[k] for k in order if k in entries}
-    base.update({k: v for k, v in entries.items() if k not in base})
+    prefix = "module." if module_prefix else ""
+    base = {prefix + k: v.detach().cpu().contiguous().clone() for k, v in encoder_entries(state, section).items()}
     payload = {"base_model": base, "optimizer": None, "epoch": 0,
                "metrics": {"acc": 0.0}, "best_metrics": {"acc": 0.0}}
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, out)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
     return out

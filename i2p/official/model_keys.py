@@ -126,3 +126,21 @@ def official_to_model(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
             value = value[None]
         out[name] = value
     return out, bad
+
+
+def model_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """i2p ``I2PMAE`` state -> ``(official I2P_MAE state, i2p keys with no official name)``:
+    Linear weights of the conv layers get their kernel dimension back, the mask token loses
+    its batch dimension. The inverse of :func:`official_to_model`."""
+    out, bad = {}, []
+    for key, value in state.items():
+        name = model_to_official_name(key)
+        if name is None:
+            bad.append(key)
+            continue
+        if _is_conv(name):
+            value = value[..., None]
+        elif name == "mask_token":
+            value = value.reshape(value.shape[1:])
+        out[name] = value.contiguous()
+    return out, bad

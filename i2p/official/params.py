@@ -82,6 +82,52 @@ def official_encoder_shapes(section: Mapping[str, Any]) -> dict[str, tuple[int, 
     return shapes
 
 
+def official_model_shapes(section: Mapping[str, Any], source: str = "i2p-mae") -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the whole official pre-training ``state_dict`` (``I2P_MAE`` or
+    ``Point_M2AE``; no ``clip_model.*``, no ``module.``), in state_dict order, for an official
+    ``model:`` section. Written from the official constructors (I2P_MAE.py:216-261,
+    modules.py:68-169; Point_M2AE.py:237 for ``rec_head``), independently of i2p's modules:
+    ``i2p export --format`` checks what it writes against it."""
+    shapes = {"h_encoder." + k: v for k, v in official_encoder_shapes(section).items()}
+    dims = [int(d) for d in section["decoder_dims"]]
+    depths = [int(d) for d in section["decoder_depths"]]
+    ups = [int(b) for b in section.get("decoder_up_blocks") or [1] * (len(dims) - 1)]
+    sizes = [int(k) for k in section["group_sizes"]]
+    out = {"mask_token": (1, dims[0]), **shapes}  # a module's own parameters come before its children's
+    for i, (d, n) in enumerate(zip(dims, depths)):
+        for j in range(n):
+            p = f"h_decoder.{i}.blocks.{j}"
+            out[f"{p}.norm1.weight"] = out[f"{p}.norm1.bias"] = (d,)
+            out[f"{p}.norm2.weight"] = out[f"{p}.norm2.bias"] = (d,)
+            out[f"{p}.mlp.fc1.weight"], out[f"{p}.mlp.fc1.bias"] = (4 * d, d), (4 * d,)
+            out[f"{p}.mlp.fc2.weight"], out[f"{p}.mlp.fc2.bias"] = (d, 4 * d), (d,)
+            out[f"{p}.attn.qkv.weight"], out[f"{p}.attn.proj.weight"] = (3 * d, d), (d, d)
+            out[f"{p}.attn.proj.bias"] = (d,)
+    for i, d in enumerate(dims):
+        out[f"decoder_pos_embeds.{i}.0.weight"], out[f"decoder_pos_embeds.{i}.0.bias"] = (d, 3), (d,)
+        out[f"decoder_pos_embeds.{i}.2.weight"], out[f"decoder_pos_embeds.{i}.2.bias"] = (d, d), (d,)
+
+    def conv_bn(prefix: str, c_out: int, c_in: int) -> None:
+        out[f"{prefix}.0.weight"], out[f"{prefix}.0.bias"] = (c_out, c_in, 1), (c_out,)
+        for f in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.1.{f}"] = (c_out,)
+        out[f"{prefix}.1.num_batches_tracked"] = ()
+
+    for i in range(1, len(dims)):
+        conv_bn(f"token_prop.{i - 1}.fuse.net", dims[i], dims[i] + dims[i - 1])
+        for b in range(ups[i - 1]):
+            conv_bn(f"token_prop.{i - 1}.extraction.operation.{b}.net1", dims[i], dims[i])
+            conv_bn(f"token_prop.{i - 1}.extraction.operation.{b}.net2", dims[i], dims[i])
+    out["decoder_norm.weight"] = out["decoder_norm.bias"] = (dims[-1],)
+    if source == "point-m2ae":
+        out["rec_head.weight"], out["rec_head.bias"] = (3 * sizes[0], dims[-1], 1), (3 * sizes[0],)
+    else:
+        c2d = int(section["clip_config"]["feat_dim"]) * sizes[1] * 3
+        out["rec_head_3d.weight"], out["rec_head_3d.bias"] = (3 * sizes[1], dims[-1], 1), (3 * sizes[1],)
+        out["rec_head_2d.weight"], out["rec_head_2d.bias"] = (c2d, dims[-1], 1), (c2d,)
+    return out
+
+
 def official_encoder_parameters(section: Mapping[str, Any]) -> int:
     """Parameters of the official ``H_Encoder`` (BatchNorm running statistics excluded)."""
     total = 0
