@@ -1,6 +1,8 @@
 """The reader contract and the registry that maps a ``--data`` spec to a reader.
 
-A spec is ``KIND:ARG`` (``meshes:DIR``, ``npz:FILE``, ``builtin:primitives``). Each reader is
+A spec is ``KIND:ARG`` (``meshes:DIR``, ``npz:FILE``, ``builtin:primitives``), optionally
+followed by a generic ``#classes=SELECTION`` suffix that any reader honours
+(:mod:`i2p.common.datasets.subset`). Each reader is
 registered under its KIND with :func:`register_reader`, like timm's model registry, so a new
 format is one module and one decorator.
 """
@@ -105,5 +107,11 @@ def create_dataset(spec: str, split: str = "train", num_points: int = 2048, seed
     unknown kind, a missing path or an unknown split."""
     if split not in SPLITS:
         raise DataSpecError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    kind, arg = parse_spec(spec)
-    return _READERS[kind](arg, split=split, num_points=num_points, seed=seed, spec=spec, **kwargs)
+    from i2p.common.datasets.subset import ClassSubset, split_suffix
+
+    base_spec, suffix = split_suffix(spec)
+    kind, arg = parse_spec(base_spec)
+    ds = _READERS[kind](arg, split=split, num_points=num_points, seed=seed, spec=base_spec, **kwargs)
+    if "classes" in suffix:
+        ds = ClassSubset(ds, spec, suffix["classes"])
+    return ds
