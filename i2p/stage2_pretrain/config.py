@@ -71,6 +71,13 @@ class DataConfig:
     # points transformed as the teacher saw them, with that render's maps -- instead of the
     # random scale/shift of the plain render. Needs ``augment``; refused on a cache without them.
     aug_renders: bool = False
+    # Data efficiency: train on a seeded, class-stratified, nested share of the cached samples
+    # (1 = all). fraction_seed None = the run's seed (so seeds also vary the subset).
+    fraction: float = 1.0
+    fraction_seed: int | None = None
+    # Per-cache weights when several --cache are mixed (``--cache DIR:W``): each epoch draws
+    # round(W * n) of a cache's n samples; empty = every cache once per epoch.
+    cache_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +158,10 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
     if cfg.data.aug_renders and not cfg.data.augment:
         raise cfgutil.ConfigError("data.aug_renders=true picks an augmented render per sample: it needs "
                                   "data.augment=true")
+    if not 0 < cfg.data.fraction <= 1:
+        raise cfgutil.ConfigError(f"data.fraction must lie in (0, 1] (got {cfg.data.fraction})")
+    if any(not w >= 0 for w in cfg.data.cache_weights) or (cfg.data.cache_weights and not any(cfg.data.cache_weights)):
+        raise cfgutil.ConfigError("data.cache_weights must be >= 0 with at least one > 0")
     try:
         cfg.model.validate()
     except ValueError as exc:
