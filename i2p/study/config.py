@@ -215,6 +215,8 @@ def _shorthands(data: dict) -> dict:
         pre["build_args"] = [str(a) for a in pre.get("build_args") or []]
         pre["set"] = _str_list(pre.get("set"), "pretrain.set")
         data["pretrain"] = pre
+    if isinstance(data["eval"], dict) and isinstance(data["eval"].get("protocols"), str):
+        data["eval"] = {**data["eval"], "protocols": [data["eval"]["protocols"]]}
     if isinstance(data.get("seeds"), int) and not isinstance(data["seeds"], bool):
         data["seeds"] = [data["seeds"]]
     if isinstance(data["variants"], list):
@@ -234,8 +236,6 @@ def _check(study: StudyConfig) -> StudyConfig:
                                "(e.g. teacher: effnet-lite2)")
     if pre.split not in ("train", "test", "all"):
         raise StudyConfigError("pretrain.split must be train, test or all")
-    if isinstance(ev.protocols, str):
-        ev.protocols = [ev.protocols]
     if not ev.protocols or set(ev.protocols) - {"svm", "fewshot"} or len(set(ev.protocols)) != len(ev.protocols):
         raise StudyConfigError("eval.protocols must be a non-empty list of distinct protocols: svm, fewshot")
     if study.kind not in ("ablation", "transfer"):
