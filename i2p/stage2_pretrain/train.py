@@ -256,7 +256,8 @@ class _Run:
                  "holdout": self.held_pos,
                  "cache": {"path": self.caches[0], "paths": self.caches, "teacher": s["teacher"],
                            "teacher_weights_sha256": s["teacher_weights_sha256"],
-                           "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs]},
+                           "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs],
+                           "train_samples": len(self.train_pos), "epoch_samples": self.plan["epoch_size"]},
                  "i2p_version": __version__}
         try:
             save_checkpoint(state, self.last, keep_previous=True)
