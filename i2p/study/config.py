@@ -38,6 +38,7 @@ What the transfer study adds (every key optional; the ablation works without the
     eval:
       data: meshes:/data/shrec16#classes=half:2/2     # the held-out classes (or another source)
       protocols: [svm]           # any of svm, fewshot (default: both)
+      also: {seen: "meshes:/data/shrec16#classes=half:1/2"}   # more eval sets, a table each
     variants:
       - {name: teacher-mean, teacher: effnet-lite2, pool: meanmax}   # the 2D ceiling: eval only
       - {name: quarter, set: [data.fraction=0.25]}                   # a data-efficiency point
@@ -120,6 +121,7 @@ class EvalSpec:
     materialize: bool = True
     pool: str = "max"
     protocols: list[str] = field(default_factory=lambda: ["svm", "fewshot"])
+    also: dict[str, str] = field(default_factory=dict)  # more eval data sets: NAME -> spec (own table each)
     svm: SvmSpec = field(default_factory=SvmSpec)
     fewshot: FewshotSpec = field(default_factory=FewshotSpec)
 
@@ -238,6 +240,9 @@ def _check(study: StudyConfig) -> StudyConfig:
         raise StudyConfigError("pretrain.split must be train, test or all")
     if not ev.protocols or set(ev.protocols) - {"svm", "fewshot"} or len(set(ev.protocols)) != len(ev.protocols):
         raise StudyConfigError("eval.protocols must be a non-empty list of distinct protocols: svm, fewshot")
+    for name, spec in ev.also.items():
+        if not _NAME.match(str(name)) or not isinstance(spec, str) or not spec:
+            raise StudyConfigError(f"eval.also: {name!r} -> {spec!r}: NAME (letters, digits, _ . + = -) -> data spec")
     if study.kind not in ("ablation", "transfer"):
         raise StudyConfigError("kind must be ablation or transfer")
     if pre.max_steps is not None and pre.max_steps < 1:

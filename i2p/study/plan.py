@@ -68,14 +68,15 @@ class Layout:
         return (self.pretrain(variant.name, seed) / "last.ckpt") if variant.pretrain \
             else self.init_ckpt(variant.name, seed)
 
-    def result(self, protocol: str, variant: str, seed: int) -> Path:
-        return self.run(variant, seed) / protocol / "result.json"
+    def result(self, protocol: str, variant: str, seed: int, dset: str | None = None) -> Path:
+        """``.../svm/result.json`` on ``eval.data``; ``.../svm@NAME/result.json`` on ``eval.also[NAME]``."""
+        return self.run(variant, seed) / (protocol + (f"@{dset}" if dset else "")) / "result.json"
 
     def cache(self, i: int) -> Path:
         return self.root / "caches" / f"src{i}"
 
-    def eval_data(self, seed: int) -> Path:
-        return self.root / "eval-data" / f"seed{seed}.npz"
+    def eval_data(self, seed: int, dset: str | None = None) -> Path:
+        return self.root / "eval-data" / (f"{dset}/seed{seed}.npz" if dset else f"seed{seed}.npz")
 
     @property
     def masking(self) -> Path:
@@ -136,8 +137,19 @@ def cache_ready(path: Path) -> bool:
     return True
 
 
-def eval_spec(study: StudyConfig, layout: Layout, seed: int) -> str:
-    return f"npz:{layout.eval_data(seed)}" if study.eval.materialize else study.eval.data
+def eval_sets(study: StudyConfig) -> list[tuple[str | None, str]]:
+    """(name, spec) of every evaluation data set: ``eval.data`` (name None), then ``eval.also``."""
+    return [(None, study.eval.data)] + sorted(study.eval.also.items())
+
+
+def eval_spec(study: StudyConfig, layout: Layout, seed: int, dset: str | None = None) -> str:
+    if not study.eval.materialize:
+        return study.eval.also[dset] if dset else study.eval.data
+    return f"npz:{layout.eval_data(seed, dset)}"
+
+
+def _data_tid(seed: int, dset: str | None) -> str:
+    return f"data/{dset}/seed{seed}" if dset else f"data/seed{seed}"
 
 
 def pretrain_overrides(study: StudyConfig, variant: Variant) -> list[str]:
@@ -187,18 +199,19 @@ class _Planner:
     def same_argv(self, tid: str, argv: list[str]) -> bool:
         return (self.state.get("tasks", {}).get(tid) or {}).get("argv") == argv
 
-    def eval_data(self, seed: int) -> Path | None:
+    def eval_data(self, seed: int, dset: str | None = None) -> Path | None:
         """The materialized eval clouds of ``seed`` (None when the eval reads its spec itself)."""
-        return self.layout.eval_data(seed) if self.study.eval.materialize else None
+        return self.layout.eval_data(seed, dset) if self.study.eval.materialize else None
 
     def data_tasks(self) -> None:
         ev = self.study.eval
-        for s in self.study.seeds if ev.materialize else ():
-            tid, path = f"data/seed{s}", self.layout.eval_data(s)
-            argv = ["study", "materialize", "--data", ev.data, "--points", str(ev.points or 1024),
-                    "--seed", str(s), "--out", str(path)]
-            self.tasks.append(Task(tid, "data", argv, order=(s,),
-                                   done=lambda p=path, t=tid, a=argv: p.is_file() and self.same_argv(t, a)))
+        for dset, spec in eval_sets(self.study) if ev.materialize else ():
+            for s in self.study.seeds:
+                tid, path = _data_tid(s, dset), self.layout.eval_data(s, dset)
+                argv = ["study", "materialize", "--data", spec, "--points", str(ev.points or 1024),
+                        "--seed", str(s), "--out", str(path)]
+                self.tasks.append(Task(tid, "data", argv, order=(s,),
+                                       done=lambda p=path, t=tid, a=argv: p.is_file() and self.same_argv(t, a)))
 
     def masking_task(self) -> None:
         study, out = self.study, self.layout.masking
@@ -250,10 +263,14 @@ class _Planner:
         self.tasks.append(Task(tid, "init", argv, deps=deps, done=done, order=order))
         return tid
 
-    def eval_tasks(self, v: Variant, s: int, ck_dep: str, order: tuple) -> None:
-        ev, fs, data = self.study.eval, self.study.eval.fewshot, self.eval_data(s)
+    def eval_tasks(self, v: Variant, s: int, ck_dep: str | None, order: tuple) -> None:
+        for dset, _ in eval_sets(self.study):
+            self._eval_set_tasks(v, s, ck_dep, order, dset)
+
+    def _eval_set_tasks(self, v: Variant, s: int, ck_dep: str | None, order: tuple, dset: str | None) -> None:
+        ev, fs, data = self.study.eval, self.study.eval.fewshot, self.eval_data(s, dset)
         ckpt = self.layout.ckpt(v, s)
-        common = ["--ckpt", str(ckpt), "--data", eval_spec(self.study, self.layout, s), "--pool", v.pool or ev.pool,
+        common = ["--ckpt", str(ckpt), "--data", eval_spec(self.study, self.layout, s, dset), "--pool", v.pool or ev.pool,
                   "--seed", str(s), "--batch-size", str(ev.batch_size), "--no-progress"]
         if ev.points:
             common += ["--points", str(ev.points)]
@@ -263,7 +280,8 @@ class _Planner:
                      "fewshot": ["--way", str(fs.way), "--shot", str(fs.shot), "--query", str(fs.query),
                                  "--folds", str(fs.folds), "--C", str(fs.C)]}
         for proto, extra in ((p, protocols[p]) for p in ev.protocols):
-            tid, res = f"{proto}/{v.name}/seed{s}", self.layout.result(proto, v.name, s)
+            name = proto + (f"@{dset}" if dset else "")
+            tid, res = f"{name}/{v.name}/seed{s}", self.layout.result(proto, v.name, s, dset)
             argv = ["eval", proto, *common, *extra, "--out", str(res.parent)]
 
             def done(r=res, t=tid, a=argv):
@@ -276,7 +294,7 @@ class _Planner:
                     return (found.get("checkpoint") or {}).get("path") == ckpt
                 return (found.get("checkpoint") or {}).get("sha256") == _sha256(ckpt)
 
-            deps = ([ck_dep] if ck_dep else []) + ([f"data/seed{s}"] if data else [])
+            deps = ([ck_dep] if ck_dep else []) + ([_data_tid(s, dset)] if data else [])
             self.tasks.append(Task(tid, proto, argv, deps=deps, done=done, order=order))
 
 

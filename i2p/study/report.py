@@ -81,16 +81,18 @@ def setting_text(study: StudyConfig, v: Variant) -> str:
     return f"mask {mask}, targets {m.targets}{extra}"
 
 
-def collect(study: StudyConfig, out: str | Path) -> dict:
-    """Everything the tables need, from the run directories (works on a partial study)."""
+def collect(study: StudyConfig, out: str | Path, dset: str | None = None) -> dict:
+    """Everything the tables need, from the run directories (works on a partial study); the
+    numbers on ``eval.data``, or on ``eval.also[dset]``. The main summary carries the others
+    under ``also``."""
     layout = Layout(out)
     ref = study_reference(study)
     per: dict[str, dict] = {}
     for v in study.variants:
         seeds = {}
         for s in study.seeds:
-            svm = read_json(layout.result("svm", v.name, s)) or {}
-            fs = read_json(layout.result("fewshot", v.name, s)) or {}
+            svm = read_json(layout.result("svm", v.name, s, dset)) or {}
+            fs = read_json(layout.result("fewshot", v.name, s, dset)) or {}
             row = {"svm": svm.get("accuracy"), "svm_paper_C": svm.get("accuracy_paper_C"),
                    "svm_C": svm.get("C"), "fewshot": fs.get("accuracy_mean"),
                    "fewshot_fold_std": fs.get("accuracy_std")}
@@ -117,7 +119,10 @@ def collect(study: StudyConfig, out: str | Path) -> dict:
             row["steps"] = max([t.get("steps", 0) for t in tr] or [0])
             row["train_shapes"] = max([t.get("train_shapes") or 0 for t in tr] or [0]) or None
         rows.append(row)
-    return {"reference": ref, "rows": rows, "masking": read_json(layout.masking)}
+    summary = {"reference": ref, "rows": rows, "masking": read_json(layout.masking)}
+    if dset is None and study.eval.also:
+        summary["also"] = {name: collect(study, out, name) for name in sorted(study.eval.also)}
+    return summary
 
 
 def study_reference(study: StudyConfig) -> str | None:
@@ -186,6 +191,8 @@ def _setup_text(study: StudyConfig, state: dict) -> str:
         + (f", capped at {pre.max_steps} steps" if pre.max_steps else ""),
         f"- evaluation data: {data}, {ev.points or 'default'} points, `{ev.pool}` pooling of the "
         "LayerNorm'd coarsest tokens",
+        *([f"- also evaluated on: {', '.join(f'`{k}` = `{v}`' for k, v in sorted(ev.also.items()))} "
+           "(same protocols, a table each)"] if ev.also else []),
         *([f"- linear SVM: trained on the train split, scored on the test split; {svm_c}; the accuracy at "
            "the paper's C=0.0093 is reported beside"] if "svm" in ev.protocols else []),
         *([f"- few-shot: {fs.way}-way {fs.shot}-shot, support from train, {fs.query} quer{'y' if fs.query == 1 else 'ies'} "
@@ -219,6 +226,15 @@ def _costs_text(state: dict) -> str:
     return "\n".join(lines)
 
 
+def _also_sections(study: StudyConfig, summary: dict) -> list[str]:
+    """One accuracy table per extra evaluation set (``eval.also``), e.g. the classes pretraining saw."""
+    parts = []
+    for name, sub in (summary.get("also") or {}).items():
+        parts += [f"## Accuracy on `{name}`: `{study.eval.also[name]}` (mean ± std over seeds; Δ paired to "
+                  f"`{sub['reference']}`)\n", accuracy_table(sub, study)]
+    return parts
+
+
 def results_markdown(study: StudyConfig, out: str | Path, summary: dict, state: dict, command: str,
                      chart_file: str | None = None, with_commands: bool = True) -> str:
     from i2p.study.masking import markdown_table
@@ -247,6 +263,7 @@ def results_markdown(study: StudyConfig, out: str | Path, summary: dict, state: 
         parts.append("\"train saliency visible / masked\": mean over the pretraining steps of the mean teacher "
                      "saliency of the visible and of the masked coarse tokens (metrics.jsonl); random masking gives "
                      "the baseline.\n")
+    parts += _also_sections(study, summary)
     if study.kind == "transfer" and any(r["pretrain"] and "of the pretraining shapes" in r["setting"]
                                         for r in summary["rows"]):
         parts += ["## Data efficiency: accuracy vs number of pretraining shapes\n",
