@@ -27,11 +27,11 @@ def _config(tmp_path: Path) -> Path:
         "pretrain": {"data": [PRIMS + "#classes=half:1/2"], "points": 512, "preset": "tiny", "set": MICRO_SET,
                      "build_args": ["--batch-size", "8"], "max_steps": 2},
         "eval": {"data": PRIMS + "#classes=half:2/2", "points": 256, "batch_size": 16, "protocols": ["svm"],
-                 "svm": {"C": 0.01}, "also": {"seen": PRIMS + "#classes=half:1/2"}},
+                 "svm": {"C": 0.01}, "also": {"seen": PRIMS + "#classes=half:1/2"},
+                 "materialize": False},  # primitives are cheap to sample: no data jobs
         "masking": {"samples": 0},
         "variants": [{"name": "random-init", "pretrain": False},
                      {"name": "3d-only", "set": ["model.mask_mode=random", "model.targets=3d"]},
-                     {"name": "default"},
                      {"name": "half-data", "set": ["data.fraction=0.5"]},
                      {"name": "teacher-meanmax", "teacher": TEACHER, "pool": "meanmax"}],
     }
@@ -50,8 +50,8 @@ def test_micro_transfer_study_end_to_end(tmp_path):
     r = _study(["--config", str(cfg), "--out", str(out), "--write-docs", str(docs)], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     state = json.loads((out / "study.json").read_text())
-    # 1 cache + 2 x 2 eval-data + 2 seeds x (init + 3 pretrain + 2 x (4 svm + 1 teacher svm))
-    assert len(state["tasks"]) == 1 + 4 + 2 * (1 + 3 + 10)
+    # 1 cache + 2 seeds x (init + 2 pretrain + 2 eval sets x (3 svm + 1 teacher svm))
+    assert len(state["tasks"]) == 1 + 2 * (1 + 2 + 8)
     assert state["complete"] and all(t["status"] == "done" for t in state["tasks"].values())
 
     # the study's cache holds the first 6 of 13 classes (train split), relabelled 0..5
@@ -62,7 +62,7 @@ def test_micro_transfer_study_end_to_end(tmp_path):
     assert len(CacheDataset(str(out / "caches" / "src0"), with_targets=False)) == 6 * 4
 
     # every evaluation is on the 7 held-out classes; the teacher row ran the teacher
-    for v in ("random-init", "3d-only", "default", "half-data", "teacher-meanmax"):
+    for v in ("random-init", "3d-only", "half-data", "teacher-meanmax"):
         for s in (0, 1):
             res = json.loads((out / "runs" / v / f"seed{s}" / "svm" / "result.json").read_text())
             assert res["n_train"] == 7 * 4 and res["n_test"] == 7 * 2 and res["seeds"]["seed"] == s
@@ -77,30 +77,30 @@ def test_micro_transfer_study_end_to_end(tmp_path):
     from i2p.common.checkpoint import load_checkpoint
 
     assert int(load_checkpoint(out / "runs" / "half-data" / "seed0" / "pretrain" / "last.ckpt")["step"]) == 1
-    assert int(load_checkpoint(out / "runs" / "default" / "seed0" / "pretrain" / "last.ckpt")["step"]) == 2
+    assert int(load_checkpoint(out / "runs" / "3d-only" / "seed0" / "pretrain" / "last.ckpt")["step"]) == 2
 
     # the table: mean ± std over 2 seeds, paired Δ vs 3d-only, the teacher row
     summary = json.loads((out / "summary.json").read_text())
     rows = {r["variant"]: r for r in summary["rows"]}
     assert summary["reference"] == "3d-only"
     per = {v: [rows[v]["per_seed"][str(s)]["svm"] for s in (0, 1)] for v in rows}
-    mean_default = sum(per["default"]) / 2
-    assert rows["default"]["svm"][0] == pytest.approx(mean_default) and rows["default"]["svm"][2] == 2
-    want_delta = sum(a - b for a, b in zip(per["default"], per["3d-only"])) / 2
-    assert rows["default"]["svm_delta"][0] == pytest.approx(want_delta)
+    mean_half = sum(per["half-data"]) / 2
+    assert rows["half-data"]["svm"][0] == pytest.approx(mean_half) and rows["half-data"]["svm"][2] == 2
+    want_delta = sum(a - b for a, b in zip(per["half-data"], per["3d-only"])) / 2
+    assert rows["half-data"]["svm_delta"][0] == pytest.approx(want_delta)
     md = (out / "results.md").read_text()
     assert md.startswith("# Transfer study `micro-transfer`") and "Δ SVM vs 3d-only" in md
     assert "few-shot" not in md.split("## Accuracy")[1].split("\n\n")[1]  # svm only: no few-shot column
     assert "teacher" in md and "(ref)" in md and "Masking statistics" not in md
     assert "## Accuracy on `seen`" in md and set(summary["also"]) == {"seen"}
     seen_rows = {r["variant"]: r for r in summary["also"]["seen"]["rows"]}
-    assert seen_rows["default"]["svm"][2] == 2 and "svm_delta" in seen_rows["default"]
+    assert seen_rows["half-data"]["svm"][2] == 2 and "svm_delta" in seen_rows["half-data"]
     assert (out / "micro-transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the data-efficiency table: shapes each pretrained row trained on, fewest first per setting
     # 24 cached minus 4 held out = 20 in 6 classes of 3 or 4 ([3,4,3,3,4,3]); half of each, rounded: 2 -> 12
-    assert rows["half-data"]["train_shapes"] == 12 and rows["default"]["train_shapes"] == 20
+    assert rows["half-data"]["train_shapes"] == 12 and rows["3d-only"]["train_shapes"] == 20
     eff = md.split("## Data efficiency")[1]
-    assert "| half-data | 12 |" in eff and "| default | 20 |" in eff and "| 3d-only | 20 |" in eff
+    assert "| half-data | 12 |" in eff and "| 3d-only | 20 |" in eff
     text = docs.read_text()
     assert "BEGIN i2p-study:micro-transfer (generated by `i2p study transfer --write-docs`" in text
     assert "## Transfer study" in text and (docs.parent / "micro-transfer.png").is_file()
