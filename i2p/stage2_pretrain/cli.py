@@ -10,9 +10,12 @@ from i2p.common.cli_options import Mask, Targets, existing_path, existing_weight
 
 
 def pretrain(
-    cache: List[str] = typer.Option(..., callback=existing_path,
-                                    help="Stage-1 cache directory or URL (repeat to mix caches "
-                                    "built with the same teacher and settings)"),
+    cache: List[str] = typer.Option(..., help="Stage-1 cache directory or URL (repeat to mix caches "
+                                    "built with the same teacher and settings); DIR:W weights it: each "
+                                    "epoch draws round(W x its samples) of it (W=0.3: a seeded 30%)"),
+    cache_weights: Optional[str] = typer.Option(None, "--cache-weights",
+                                                help="Weights of the --cache sources in order, e.g. 1,0.3 "
+                                                "(instead of DIR:W)"),
     out: str = typer.Option(..., help="Run directory (last.ckpt, config.yaml, metrics.jsonl, tb/)"),
     config: str = typer.Option("base", help="Preset: base (published model, automatic 2D/3D balance), tiny (CPU minutes), paper (the published recipe exactly), or a YAML file"),
     set_: List[str] = typer.Option([], "--set", help="Override: section.key=value (repeatable)"),
@@ -33,8 +36,22 @@ def pretrain(
     max_steps: Optional[int] = typer.Option(None, hidden=True, help="Stop after this many steps (tests)"),
 ) -> None:
     """Pre-train the hierarchical 3D MAE with 2D-guided masking and 2D-semantic targets."""
+    from pathlib import Path
+
+    from i2p.common.errors import UserError
     from i2p.stage2_pretrain import config as pcfg
+    from i2p.stage2_pretrain.mixing import parse_weighted_caches
     from i2p.stage2_pretrain.train import pretrain as run
+
+    try:
+        cache, weights = parse_weighted_caches(list(cache), cache_weights)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for c in cache:
+        if "://" not in c and not Path(c).expanduser().exists():
+            raise UserError(f"--cache {c!r} does not exist")
+    if weights is not None:
+        set_ = list(set_) + ["data.cache_weights=[" + ",".join(repr(float(w)) for w in weights) + "]"]
 
     cfg = pcfg.resolve(config, set_, seed=seed, device=device, online_teacher=online_teacher,
                        teacher_weights=teacher_weights,

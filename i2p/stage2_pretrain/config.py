@@ -79,6 +79,13 @@ class DataConfig:
     # a cache. A run from cached maps ignores it (the maps are of the stored cloud; see
     # ``aug_renders`` for the cached approximation).
     teacher_sees_augmented: bool = False
+    # Data efficiency: train on a seeded, class-stratified, nested share of the cached samples
+    # (1 = all). fraction_seed None = the run's seed (so seeds also vary the subset).
+    fraction: float = 1.0
+    fraction_seed: int | None = None
+    # Per-cache weights when several --cache are mixed (``--cache DIR:W``): each epoch draws
+    # round(W * n) of a cache's n samples; empty = every cache once per epoch.
+    cache_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +168,10 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
     if cfg.data.aug_renders and not cfg.data.augment:
         raise cfgutil.ConfigError("data.aug_renders=true picks an augmented render per sample: it needs "
                                   "data.augment=true")
+    if not 0 < cfg.data.fraction <= 1:
+        raise cfgutil.ConfigError(f"data.fraction must lie in (0, 1] (got {cfg.data.fraction})")
+    if any(not w >= 0 for w in cfg.data.cache_weights) or (cfg.data.cache_weights and not any(cfg.data.cache_weights)):
+        raise cfgutil.ConfigError("data.cache_weights must be >= 0 with at least one > 0")
     try:
         cfg.model.validate()
     except ValueError as exc:

@@ -15,12 +15,14 @@ from i2p.common.geometry import stable_seed
 
 class EpochBatchSampler:
     def __init__(self, num_samples: int, global_batch: int, seed: int, epoch: int,
-                 start_batch: int = 0, rank: int = 0, world: int = 1):
+                 start_batch: int = 0, rank: int = 0, world: int = 1, order: np.ndarray | None = None):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} processes")
         if num_samples < global_batch:
             raise ValueError(f"{num_samples} samples are fewer than one batch of {global_batch}")
-        self.n, self.batch, self.seed, self.epoch = num_samples, global_batch, seed, epoch
+        if order is not None and len(order) != num_samples:
+            raise ValueError(f"epoch order has {len(order)} entries, expected {num_samples}")
+        self.n, self.batch, self.seed, self.epoch, self.order = num_samples, global_batch, seed, epoch, order
         self.start, self.rank, self.world = start_batch, rank, world
 
     @staticmethod
@@ -31,7 +33,8 @@ class EpochBatchSampler:
         return self.steps_per_epoch(self.n, self.batch) - self.start
 
     def __iter__(self):
-        order = np.random.default_rng(stable_seed("order", self.seed, self.epoch)).permutation(self.n)
+        order = self.order if self.order is not None else \
+            np.random.default_rng(stable_seed("order", self.seed, self.epoch)).permutation(self.n)
         per = self.batch // self.world
         for b in range(self.start, self.steps_per_epoch(self.n, self.batch)):
             chunk = order[b * self.batch:(b + 1) * self.batch]

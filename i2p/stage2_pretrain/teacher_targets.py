@@ -26,17 +26,22 @@ def global_target(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(2, 3)).flatten(1)
 
 
-def target_stats(ds, samples: int) -> dict[str, torch.Tensor]:
+def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[str, torch.Tensor]:
     """Per-channel mean and std of the cached teacher features over the first valid samples of
     each cache of ``ds`` (a ``MultiCacheDataset``; ``samples`` in all, split evenly; all views
     and pixels), and of the per-sample global target. Back-projection is linear with weights
-    summing to 1, so standardising the maps equals standardising the targets."""
-    total = sq = None
-    pooled = []
+    summing to 1, so standardising the maps equals standardising the targets.
+
+    With ``weights`` (``data.cache_weights``) the caches' moments are combined as the mixture a
+    training epoch draws: cache i counts in proportion to ``weights[i] * len(cache i)``."""
+    total = sq = None  # over every sample read (the unweighted statistics)
     count = 0
+    moments = []  # per cache: (sum, sum of squares, count, pooled targets)
     for part in ds.parts:
         root = part._arrays()
         idx = part.indices[:max(1, samples // len(ds.parts))]
+        p_total = p_sq = None
+        pooled, p_count = [], 0
         for start in range(0, len(idx), 32):
             sel = idx[start:start + 32]
             try:
@@ -45,14 +50,29 @@ def target_stats(ds, samples: int) -> dict[str, torch.Tensor]:
                 block = torch.stack([part._read("features", int(i)) for i in sel]).double()
             pooled.append(global_target(block))
             block = block.reshape(-1, block.shape[-1])
-            total = block.sum(0) if total is None else total + block.sum(0)
-            sq = (block ** 2).sum(0) if sq is None else sq + (block ** 2).sum(0)
+            b_sum, b_sq = block.sum(0), (block ** 2).sum(0)
+            total = b_sum if total is None else total + b_sum
+            sq = b_sq if sq is None else sq + b_sq
+            p_total = b_sum if p_total is None else p_total + b_sum
+            p_sq = b_sq if p_sq is None else p_sq + b_sq
             count += block.shape[0]
-    mean = total / count
-    std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
-    pooled = torch.cat(pooled)
-    return {"mean": mean.float(), "std": std.float(), "global_mean": pooled.mean(0).float(),
-            "global_std": pooled.std(0, unbiased=False).clamp_min(1e-6).float()}
+            p_count += block.shape[0]
+        moments.append((p_total, p_sq, p_count, torch.cat(pooled)))
+    if weights is None:
+        mean = total / count
+        std = (sq / count - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+        pooled = torch.cat([m[3] for m in moments])
+        g_mean, g_std = pooled.mean(0), pooled.std(0, unbiased=False).clamp_min(1e-6)
+    else:
+        share = torch.tensor([w * len(p) for w, p in zip(weights, ds.parts)], dtype=torch.float64)
+        share = share / share.sum()
+        mean = sum(a * m[0] / m[2] for a, m in zip(share, moments))
+        second = sum(a * m[1] / m[2] for a, m in zip(share, moments))
+        g_mean = sum(a * m[3].mean(0) for a, m in zip(share, moments))
+        g_second = sum(a * (m[3] ** 2).mean(0) for a, m in zip(share, moments))
+        std = (second - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+        g_std = (g_second - g_mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
+    return {"mean": mean.float(), "std": std.float(), "global_mean": g_mean.float(), "global_std": g_std.float()}
 
 
 def select_norm(stats: dict[str, torch.Tensor], maps: bool, global_term: bool) -> dict | None:

@@ -39,6 +39,7 @@ from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.model.rng import step_generators
 from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
+from i2p.stage2_pretrain.mixing import epoch_order, split_holdout, training_plan  # noqa: F401 (split_holdout: re-export)
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
 from i2p.stage2_pretrain.teacher_targets import apply_norm, bank_keys, select_norm, target_stats, teacher_bank
 
@@ -58,22 +59,11 @@ class RunResult:
     stopped_by_signal: bool = False
 
 
-def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
-    """(train positions, held-out positions): ``holdout`` positions evenly spaced over the
-    dataset (caches are usually written class by class, so every class is represented)."""
-    import numpy as np
-
-    if holdout <= 0:
-        return list(range(n)), []
-    held = sorted(set(np.linspace(0, n - 1, num=min(holdout, n // 5)).round().astype(int).tolist()))
-    hs = set(held)
-    return [i for i in range(n) if i not in hs], held
-
-
-def _make_loader(ds, cfg: pcfg.PretrainConfig, epoch: int, start: int, dist_info: DistInfo):
+def _make_loader(ds, cfg: pcfg.PretrainConfig, epoch: int, start: int, dist_info: DistInfo, plan: dict):
     ds.dataset.set_epoch(epoch)
-    sampler = EpochBatchSampler(len(ds), cfg.optim.batch_size, cfg.seed, epoch, start,
-                                dist_info.rank, dist_info.world)
+    order = epoch_order(plan["sources"], plan["weights"], cfg.seed, epoch) if plan["weights"] else None
+    sampler = EpochBatchSampler(plan["epoch_size"], cfg.optim.batch_size, cfg.seed, epoch, start,
+                                dist_info.rank, dist_info.world, order=order)
     workers = cfg.data.workers
     # The loader draws its workers' base seed from its own generator, not from the global RNG, so
     # where a run was resumed does not change the global RNG's sequence.
@@ -224,12 +214,16 @@ class _Run:
                                          shift_range=cfg.data.shift, sampling=cfg.data.sampling,
                                          draw=cfg.data.points if cfg.data.sampling == "official" else None,
                                          aug_renders=cfg.data.aug_renders)
-        self.train_pos, self.held_pos = split_holdout(len(self.full_ds), cfg.data.holdout)
+        try:
+            self.plan = training_plan(self.full_ds, cfg.data, cfg.seed)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.train_pos, self.held_pos = self.plan["train_pos"], self.plan["held_pos"]
         self.ds = torch.utils.data.Subset(self.full_ds, self.train_pos)
-        self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(len(self.ds), cfg.optim.batch_size)
+        self.steps_per_epoch = EpochBatchSampler.steps_per_epoch(self.plan["epoch_size"], cfg.optim.batch_size)
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"cache has {len(self.ds)} valid samples, fewer than one batch of "
-                                f"{cfg.optim.batch_size}: lower --batch-size")
+            raise TrainingError(f"an epoch holds {self.plan['epoch_size']} training samples, fewer than one batch "
+                                f"of {cfg.optim.batch_size}: lower --batch-size")
         self.total = self.steps_per_epoch * cfg.optim.epochs
 
     def _restore(self) -> int:
@@ -254,7 +248,7 @@ class _Run:
         use_global = cfg.model.use_2d and cfg.model.global_ratio > 0
         self.norm = None
         if cfg.model.use_2d and (cfg.data.normalize_targets or use_global):
-            stats = target_stats(self.full_ds, cfg.data.normalize_samples)
+            stats = target_stats(self.full_ds, cfg.data.normalize_samples, self.plan["weights"])
             self.norm = {k: v.to(device) for k, v in select_norm(stats, cfg.data.normalize_targets, use_global).items()}
         self.bank = teacher_bank(self.full_ds, self.train_pos, self.norm, device) \
             if use_global and cfg.model.global_loss == "nce" else None
@@ -284,7 +278,8 @@ class _Run:
                  "holdout": self.held_pos,
                  "cache": {"path": self.caches[0], "paths": self.caches, "teacher": s["teacher"],
                            "teacher_weights_sha256": s["teacher_weights_sha256"],
-                           "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs]},
+                           "data_fingerprints": [a["settings"]["data_fingerprint"] for a in self.all_attrs],
+                           "train_samples": len(self.train_pos), "epoch_samples": self.plan["epoch_size"]},
                  "i2p_version": __version__}
         try:
             save_checkpoint(state, self.last, keep_previous=True)
@@ -325,7 +320,7 @@ class _Run:
         epoch, start = divmod(self.step, self.steps_per_epoch)
         self.model.train()
         t_prev = time.perf_counter()
-        for batch in _make_loader(self.ds, self.cfg, epoch, start, self.dist):
+        for batch in _make_loader(self.ds, self.cfg, epoch, start, self.dist, self.plan):
             out, diag = self._train_step(batch, epoch)
             now = time.perf_counter()
             sps = len(batch["index"]) * self.dist.world / max(now - t_prev, 1e-9)

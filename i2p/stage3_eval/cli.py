@@ -16,7 +16,7 @@ from rich.table import Table
 
 from i2p.common.cli_options import (
     EpisodesFrom, FewshotMode, FinetuneRecipe, Pool, Preset, Sampling, SelectOn, Solver, Vote, existing_checkpoint,
-    existing_path, value,
+    existing_path, existing_weights, value,
 )
 from i2p.common.errors import UserError
 
@@ -33,6 +33,9 @@ DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
 BATCH = typer.Option(32, "--batch-size", help="shapes per encoder forward pass")
 PRESET = typer.Option(Preset.tiny, "--preset", help="architecture of --ckpt random")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="show tqdm progress bars")
+TEACHER_WEIGHTS = typer.Option(None, "--teacher-weights", callback=existing_weights,
+                               help="with --ckpt teacher:NAME: the teacher's weights FILE or 'random' "
+                               "(default: its own source, as in i2p cache build)")
 
 
 def _out(out: Optional[Path], name: str) -> Path:
@@ -74,12 +77,13 @@ def svm_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
             sampling: Sampling = typer.Option(Sampling.i2p, "--sampling", help="i2p: each reader's seeded subset of the re-centred, re-scaled cloud | official: the first --points stored points, not re-normalised, encoded as given (the official SVM input; readers with a stored order: modelnet40-h5, scanobjectnn, npz, shapenet55, modelnet40)"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
             device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
-            progress: bool = PROGRESS) -> None:
+            progress: bool = PROGRESS, teacher_weights: Optional[str] = TEACHER_WEIGHTS) -> None:
     """Linear SVM on frozen features; C by cross-validation on train, paper's C beside."""
     from i2p.stage3_eval import runner
 
     _show(runner.svm(ckpt, data, str(_out(out, "svm")), points, value(pool), _c_value(C), seed, device,
-                     batch_size, folds, value(solver), value(preset), progress, value(sampling)))
+                     batch_size, folds, value(solver), value(preset), progress, value(sampling),
+                     teacher_weights))
 
 
 @app.command("knn")
@@ -88,12 +92,12 @@ def knn_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POINTS, 
             vote: Vote = typer.Option(Vote.majority, "--vote", help="neighbour vote"),
             seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
             device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
-            progress: bool = PROGRESS) -> None:
+            progress: bool = PROGRESS, teacher_weights: Optional[str] = TEACHER_WEIGHTS) -> None:
     """kNN probe (exact cosine: faiss when installed, else torch) on frozen features."""
     from i2p.stage3_eval import runner
 
     _show(runner.knn(ckpt, data, str(_out(out, "knn")), points, value(pool), k, value(vote), seed, device,
-                     batch_size, value(preset), progress))
+                     batch_size, value(preset), progress, teacher_weights))
 
 
 @app.command("fewshot")
@@ -112,13 +116,14 @@ def fewshot_cmd(ckpt: str = CKPT,
                 points: Optional[int] = POINTS, pool: Optional[Pool] = POOL, seed: int = SEED,
                 out: Optional[Path] = typer.Option(None, "--out", help="result directory"),
                 device: str = DEVICE, batch_size: int = BATCH, preset: Preset = PRESET,
-                progress: bool = PROGRESS) -> None:
+                progress: bool = PROGRESS, teacher_weights: Optional[str] = TEACHER_WEIGHTS) -> None:
     """N-way K-shot episodes; mean ± std accuracy over folds."""
     from i2p.stage3_eval import runner
 
     _show(runner.fewshot(ckpt, data, str(_out(out, f"fewshot_{way}way_{shot}shot")), way, shot, query,
                          folds, value(mode), str(fold_dir) if fold_dir else None, points, value(pool),
-                         _c_value(C), seed, device, batch_size, value(episodes_from), value(preset), progress))
+                         _c_value(C), seed, device, batch_size, value(episodes_from), value(preset), progress,
+                         teacher_weights))
 
 
 @app.command("compare")

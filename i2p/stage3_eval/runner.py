@@ -68,7 +68,8 @@ def open_splits(spec: str, points: int, seed: int, need_test: bool = True, sampl
     return {"train": train, "test": view(create_dataset(spec, "test", num_points=points, seed=seed))}
 
 
-def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_size: int):
+def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_size: int,
+                teacher_weights: str | None = None):
     """:func:`i2p.load_encoder` (the public loader: checkpoint, run or export directory,
     ``random``) plus BatchNorm statistics re-estimated on the protocol's own training shapes,
     labels unused (see :func:`features.calibrate_batchnorm`); recorded in ``info``.
@@ -86,7 +87,7 @@ def encoder_for(ckpt: str, device, preset: str, seed: int, calib_clouds, batch_s
     from i2p.stage3_eval.teacher_encoder import load_teacher_encoder
 
     if is_teacher_ckpt(ckpt):  # the 2D ceiling: frozen teacher, nothing to re-estimate
-        model, info = load_teacher_encoder(ckpt, resolve_device(device))
+        model, info = load_teacher_encoder(ckpt, resolve_device(device), teacher_weights)
         info["bn_calibration_shapes"] = 0
         return model, info
     enc = load_encoder(ckpt, device, batch_size=batch_size, preset=preset, seed=seed)
@@ -111,11 +112,13 @@ def _base(protocol: str, spec: str, info: dict, seed: int, settings: dict, split
             "checkpoint": _checkpoint_block(info), "seeds": {"seed": seed}, "settings": settings}
 
 
-def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress, sampling="i2p"):
+def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress, sampling="i2p",
+                         teacher_weights=None):
     points = points or default_points(spec, ckpt)
     splits = open_splits(spec, points, seed, sampling=sampling)
     dev = resolve_device(device)
-    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size)
+    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size,
+                              teacher_weights)
     # official: the stored points are encoded as given (a teacher never re-normalises)
     normalize = False if sampling == "official" and not is_teacher_ckpt(ckpt) else None
     feats = {k: extract_features(model, ds, batch_size, dev, pool, progress, normalize=normalize)
@@ -135,12 +138,13 @@ def _counts(feats: dict) -> dict:
 def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str | None = None,
         C: str | float = "auto", seed: int = 0, device: str = "auto", batch_size: int = 32,
         folds: int = 5, solver: str = "svc", preset: str = "tiny", progress: bool = True,
-        sampling: str = "i2p") -> dict:
+        sampling: str = "i2p", teacher_weights: str | None = None) -> dict:
     """``sampling='official'``: each cloud is its first ``points`` stored points, not
     re-normalised, encoded as given (the official SVM input, docs/FIDELITY.md V3)."""
     pool = default_pool(ckpt, pool)
     points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
-                                                           batch_size, preset, progress, sampling)
+                                                           batch_size, preset, progress, sampling,
+                                                           teacher_weights)
     tr, te = feats["train"], feats["test"]
     paper_C = paper_C_for(data)
     res = run_svm(tr.X, tr.y, te.X, te.y, C=C, paper_C=paper_C, folds=folds, seed=seed, solver=solver)
@@ -154,10 +158,11 @@ def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str | N
 
 def knn(ckpt: str, data: str, out: str, points: int | None = None, pool: str | None = None, k: int = 20,
         vote: str = "majority", seed: int = 0, device: str = "auto", batch_size: int = 32,
-        preset: str = "tiny", progress: bool = True) -> dict:
+        preset: str = "tiny", progress: bool = True, teacher_weights: str | None = None) -> dict:
     pool = default_pool(ckpt, pool)
     points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
-                                                           batch_size, preset, progress)
+                                                           batch_size, preset, progress,
+                                                           teacher_weights=teacher_weights)
     tr, te = feats["train"], feats["test"]
     res = run_knn(tr.X, tr.y, te.X, te.y, k=k, vote_mode=vote, device=str(dev))
     pred = res.pop("predictions")
@@ -205,7 +210,7 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
             folds: int = 10, mode: str = "linear", fold_dir: str | None = None, points: int | None = None,
             pool: str | None = None, C: str | float = 0.0093, seed: int = 0, device: str = "auto",
             batch_size: int = 32, episodes_from: str = "split", preset: str = "tiny",
-            progress: bool = True) -> dict:
+            progress: bool = True, teacher_weights: str | None = None) -> dict:
     pool = default_pool(ckpt, pool)
     if mode not in fs.MODES:
         raise UserError(f"unknown few-shot mode {mode!r}: choose one of {', '.join(fs.MODES)}")
@@ -228,7 +233,7 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
             items = fs.read_fold_file(fs.fold_path(fold_dir, way, shot, 0))["train"]
             return (s.points for s in fs.fold_samples(items, points, seed, "calib") if hasattr(s, "points"))
 
-        model, info = encoder_for(ckpt, dev, preset, seed, fold0_clouds, batch_size)
+        model, info = encoder_for(ckpt, dev, preset, seed, fold0_clouds, batch_size, teacher_weights)
         res = fs.run_fold_files(model, fold_dir, way, shot, folds, points, seed, C, batch_size, dev,
                                 pool, progress)
         settings["fold_dir"] = str(fold_dir)
@@ -247,7 +252,8 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
             raise UserError(f"data {data} has no test split (use --episodes-from all to pool every shape)")
     labels = {k: np.asarray(ds.labels, dtype=np.int64).copy() for k, ds in pools.items()}
     fs.sample_episode(labels["train"], way, shot, query, seed, 0, labels.get("test"))  # refuse early
-    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(pools["train"]), batch_size)
+    model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(pools["train"]), batch_size,
+                              teacher_weights)
     X, skipped = _fewshot_features(model, pools, labels, way, shot, query, folds, seed, batch_size,
                                    dev, pool, progress)
     res = fs.run_fewshot(X["train"], labels["train"], way, shot, query, folds, seed, C,

@@ -1,4 +1,5 @@
-"""The ablation study's settings: one YAML file drives the whole study.
+"""A study's settings (``i2p study ablation`` and ``i2p study transfer``): one YAML file drives
+the whole study.
 
 Layout (every key but ``pretrain.caches``, ``eval.data`` and ``variants`` has a default)::
 
@@ -24,6 +25,27 @@ Layout (every key but ``pretrain.caches``, ``eval.data`` and ``variants`` has a 
 
 A variant with ``pretrain: false`` is the random-init baseline: the encoder every pretraining
 run of that seed starts from (same seed, same architecture), evaluated without training.
+
+What the transfer study adds (every key optional; the ablation works without them)::
+
+    teacher: effnet-lite2        # the 2D teacher of the caches the study builds, and of ceilings
+    teacher_weights: null        # a FILE or 'random' (tests); default: the teacher's own source
+    pretrain:
+      data: [meshes:/data/shrec16#classes=half:1/2]   # cached by the study itself (i2p cache build,
+      split: train                                     # once, into OUT/caches/srcI), then mixed
+      points: 2048                                     # with any ready-made pretrain.caches
+      build_args: [--batch-size, "16"]                 # extra i2p cache build arguments
+    eval:
+      data: meshes:/data/shrec16#classes=half:2/2     # the held-out classes (or another source)
+      protocols: [svm]           # any of svm, fewshot (default: both)
+      also: {seen: "meshes:/data/shrec16#classes=half:1/2"}   # more eval sets, a table each
+    variants:
+      - {name: teacher-mean, teacher: effnet-lite2, pool: meanmax}   # the 2D ceiling: eval only
+      - {name: quarter, set: [data.fraction=0.25]}                   # a data-efficiency point
+
+A variant with ``teacher: NAME`` is evaluated as ``i2p eval ... --ckpt teacher:NAME`` (the
+teacher's own pooled features on the same clouds; nothing is trained); ``pool`` overrides the
+evaluation pooling of one variant.
 """
 
 from __future__ import annotations
@@ -52,6 +74,12 @@ class Variant:
     pretrain: bool = True  # False: random-init baseline (no training)
     label: str | None = None  # table/chart label (default: name)
     note: str = ""
+    teacher: str | None = None  # evaluate the 2D teacher's own features (--ckpt teacher:NAME): no training
+    pool: str | None = None  # this variant's evaluation pooling (default: eval.pool)
+
+    @property
+    def kind(self) -> str:
+        return "teacher" if self.teacher else ("pretrain" if self.pretrain else "init")
 
     @property
     def title(self) -> str:
@@ -60,7 +88,11 @@ class Variant:
 
 @dataclass
 class PretrainSpec:
-    caches: list[str]
+    caches: list[str] = field(default_factory=list)  # ready-made caches
+    data: list[str] = field(default_factory=list)  # data specs the study caches itself (stage 1)
+    split: str = "train"  # split of pretrain.data that is cached
+    points: int = 2048  # points per cloud of those caches
+    build_args: list[str] = field(default_factory=list)  # extra `i2p cache build` arguments
     preset: str = "tiny"
     set: list[str] = field(default_factory=list)
     max_steps: int | None = None
@@ -88,6 +120,8 @@ class EvalSpec:
     batch_size: int = 32
     materialize: bool = True
     pool: str = "max"
+    protocols: list[str] = field(default_factory=lambda: ["svm", "fewshot"])
+    also: dict[str, str] = field(default_factory=dict)  # more eval data sets: NAME -> spec (own table each)
     svm: SvmSpec = field(default_factory=SvmSpec)
     fewshot: FewshotSpec = field(default_factory=FewshotSpec)
 
@@ -109,6 +143,9 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     jobs: int = 1
     masking: MaskingSpec = field(default_factory=MaskingSpec)
+    teacher: str | None = None  # teacher of the caches built from pretrain.data (and default ceiling)
+    teacher_weights: str | None = None
+    kind: str = "ablation"  # which command runs it: ablation | transfer (set by the command)
     source: str | None = None  # the YAML file it was read from
 
     # ------------------------------------------------------------------ helpers
@@ -174,10 +211,14 @@ def _shorthands(data: dict) -> dict:
             raise StudyConfigError(f"study config needs '{key}'")
     pre = dict(data["pretrain"]) if isinstance(data["pretrain"], dict) else data["pretrain"]
     if isinstance(pre, dict):
-        if isinstance(pre.get("caches"), str):
-            pre["caches"] = [pre["caches"]]
+        for key in ("caches", "data"):
+            if isinstance(pre.get(key), str):
+                pre[key] = [pre[key]]
+        pre["build_args"] = [str(a) for a in pre.get("build_args") or []]
         pre["set"] = _str_list(pre.get("set"), "pretrain.set")
         data["pretrain"] = pre
+    if isinstance(data["eval"], dict) and isinstance(data["eval"].get("protocols"), str):
+        data["eval"] = {**data["eval"], "protocols": [data["eval"]["protocols"]]}
     if isinstance(data.get("seeds"), int) and not isinstance(data["seeds"], bool):
         data["seeds"] = [data["seeds"]]
     if isinstance(data["variants"], list):
@@ -189,16 +230,29 @@ def _shorthands(data: dict) -> dict:
 def _check(study: StudyConfig) -> StudyConfig:
     """What types alone do not say; normalises the two C values to 'auto' or a float."""
     pre, ev, m = study.pretrain, study.eval, study.masking
-    if not pre.caches:
-        raise StudyConfigError("pretrain.caches must be a non-empty list of cache paths")
+    if not pre.caches and not pre.data:
+        raise StudyConfigError("pretrain needs caches (ready-made cache paths) or data (data specs the study "
+                               "caches itself with the study's teacher)")
+    if pre.data and not study.teacher:
+        raise StudyConfigError("pretrain.data is cached by the study: name its 2D teacher in 'teacher' "
+                               "(e.g. teacher: effnet-lite2)")
+    if pre.split not in ("train", "test", "all"):
+        raise StudyConfigError("pretrain.split must be train, test or all")
+    if not ev.protocols or set(ev.protocols) - {"svm", "fewshot"} or len(set(ev.protocols)) != len(ev.protocols):
+        raise StudyConfigError("eval.protocols must be a non-empty list of distinct protocols: svm, fewshot")
+    for name, spec in ev.also.items():
+        if not _NAME.match(str(name)) or not isinstance(spec, str) or not spec:
+            raise StudyConfigError(f"eval.also: {name!r} -> {spec!r}: NAME (letters, digits, _ . + = -) -> data spec")
+    if study.kind not in ("ablation", "transfer"):
+        raise StudyConfigError("kind must be ablation or transfer")
     if pre.max_steps is not None and pre.max_steps < 1:
         raise StudyConfigError("pretrain.max_steps must be a positive integer or null")
     if not ev.data:
         raise StudyConfigError("eval.data must be a data spec, e.g. meshes:/path/to/shrec16")
     ev.svm.C = _c_value(ev.svm.C, "eval.svm.C")
     ev.fewshot.C = _c_value(ev.fewshot.C, "eval.fewshot.C")
-    if ev.pool not in ("max", "meanmax"):
-        raise StudyConfigError("eval.pool must be 'max' or 'meanmax'")
+    if ev.pool not in ("max", "meanmax", "mean_plus_max"):
+        raise StudyConfigError("eval.pool must be 'max', 'meanmax' or 'mean_plus_max'")
     if any(t <= 0 for t in m.temperatures):
         raise StudyConfigError("masking.temperatures must be positive")
     if not 0 < m.top_fraction < 1:
@@ -208,6 +262,14 @@ def _check(study: StudyConfig) -> StudyConfig:
     for v in study.variants:
         if not _NAME.match(v.name):
             raise StudyConfigError(f"variant name {v.name!r}: use letters, digits and _ . + = - only")
+        if v.pool is not None and v.pool not in ("max", "meanmax", "mean_plus_max"):
+            raise StudyConfigError(f"variant {v.name}: pool must be max, meanmax or mean_plus_max")
+        if v.teacher is not None:
+            if not isinstance(v.teacher, str) or not v.teacher:
+                raise StudyConfigError(f"variant {v.name}: teacher must be a teacher name (e.g. effnet-lite2)")
+            if v.set:
+                raise StudyConfigError(f"variant {v.name}: a teacher variant trains nothing; drop its 'set'")
+            v.pretrain = False
     names = [v.name for v in study.variants]
     if len(set(names)) != len(names):
         raise StudyConfigError("variant names must be unique")
@@ -230,11 +292,14 @@ def from_dict(data: dict, source: str | None = None) -> StudyConfig:
     return _check(study)
 
 
-def load(path: str | Path) -> StudyConfig:
+def load(path: str | Path, kind: str | None = None) -> StudyConfig:
+    """The study of a YAML file; ``kind`` (the command that runs it) wins over the file's."""
     try:
         data = cfgutil.load_yaml(path, what="study config")
     except cfgutil.ConfigError as exc:
         raise StudyConfigError(str(exc)) from None
+    if kind is not None and isinstance(data, dict):
+        data = {**data, "kind": kind}
     return from_dict(data, source=str(path))
 
 

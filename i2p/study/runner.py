@@ -25,7 +25,7 @@ from i2p.study.plan import STATE, Layout, StudyError, Task, plan
 
 __all__ = ["STATE", "Layout", "StudyError", "execute", "read_json"]
 
-PRIORITY = {"data": 0, "masking": 1, "init": 2, "svm": 3, "fewshot": 3, "pretrain": 4}
+PRIORITY = {"cache": 0, "data": 0, "masking": 1, "init": 2, "svm": 3, "fewshot": 3, "pretrain": 4}
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "LOKY_MAX_CPU_COUNT")
 

@@ -9,11 +9,11 @@ from i2p.common.datasets.base import (  # noqa: F401
     SPLITS,
     PointDataset,
     Sample,
-    create_dataset,
     list_readers,
     parse_spec,
     register_reader,
 )
+from i2p.common.datasets.spec import create_dataset  # noqa: F401,E402
 from i2p.common.datasets import (  # noqa: F401,E402  (registration side effects)
     meshes,
     modelnet40,

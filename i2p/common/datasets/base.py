@@ -1,6 +1,9 @@
 """The reader contract and the registry that maps a ``--data`` spec to a reader.
 
-A spec is ``KIND:ARG`` (``meshes:DIR``, ``npz:FILE``, ``builtin:primitives``). Each reader is
+A spec is ``KIND:ARG`` (``meshes:DIR``, ``npz:FILE``, ``builtin:primitives``), optionally
+followed by a generic ``#classes=SELECTION`` suffix that any reader honours
+(:mod:`i2p.common.datasets.subset`; :func:`i2p.common.datasets.spec.create_dataset` opens a
+spec). Each reader is
 registered under its KIND with :func:`register_reader`, like timm's model registry, so a new
 format is one module and one decorator.
 """
@@ -72,19 +75,19 @@ class PointDataset:
 
 
 ReaderFactory = Callable[..., PointDataset]
-_READERS: dict[str, ReaderFactory] = {}
+READERS: dict[str, ReaderFactory] = {}
 
 
 def register_reader(kind: str) -> Callable[[ReaderFactory], ReaderFactory]:
     def deco(fn: ReaderFactory) -> ReaderFactory:
-        _READERS[kind] = fn
+        READERS[kind] = fn
         return fn
 
     return deco
 
 
 def list_readers() -> list[str]:
-    return sorted(_READERS)
+    return sorted(READERS)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -93,17 +96,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
             f"malformed data spec {spec!r}: expected KIND:ARG, KIND one of {', '.join(list_readers())}"
         )
     kind, arg = spec.split(":", 1)
-    if kind not in _READERS:
+    if kind not in READERS:
         raise DataSpecError(f"unknown data kind {kind!r} in {spec!r}: choose one of {', '.join(list_readers())}")
     if not arg:
         raise DataSpecError(f"data spec {spec!r} has an empty argument after '{kind}:'")
     return kind, arg
-
-
-def create_dataset(spec: str, split: str = "train", num_points: int = 2048, seed: int = 0, **kwargs) -> PointDataset:
-    """Open the dataset named by ``spec``. Raises DataSpecError for a malformed spec, an
-    unknown kind, a missing path or an unknown split."""
-    if split not in SPLITS:
-        raise DataSpecError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    kind, arg = parse_spec(spec)
-    return _READERS[kind](arg, split=split, num_points=num_points, seed=seed, spec=spec, **kwargs)
