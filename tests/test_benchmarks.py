@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_benchmark_harness_smoke(tmp_path):
-    from benchmarks.run import GOALS, RATIO_KEYS, main
+    from benchmarks.run import GOALS, MAX_GOALS, RATIO_KEYS, main
 
     prev = torch.get_num_threads()
     try:
@@ -24,8 +24,12 @@ def test_benchmark_harness_smoke(tmp_path):
     assert set(RATIO_KEYS) <= set(data["ratios"])
     for key in RATIO_KEYS:
         assert data["ratios"][key] is not None, key
-    for key in GOALS:
-        assert data["goals"][key]["holds"] in (True, False)
+    for key in (*GOALS, *MAX_GOALS):
+        assert data["goals"][key]["holds"] in (True, False), key
+    s2 = data["results"]["stage2"]
+    for m in ("tiny", "paper"):  # the 3D-only network has no 2D head: fewer parameters
+        assert s2[m]["params_3d_only_m"] < s2[m]["params_m"]
+    assert s2["paper"]["loaders"]["ratio_vs_memory"]["workers_0"] > 0
     for section in ("stage1", "stage2", "reads", "point_ops"):
         assert data["results"][section]["memory"]["rss_peak_mib"] > 0
     s1 = data["results"]["stage1"]

@@ -88,12 +88,27 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _cdist(a, b).pow(2)
 
 
-def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
     """Indices ``[B, M, k]`` of the ``k`` points of ``ref [B,N,3]`` nearest to each ``query``
     point ``[B,M,3]``, sorted nearest first. A query that is itself in ``ref`` gets itself
-    first (distance 0), which is how the tokenizer's groups contain their own centre."""
+    first (distance 0), which is how the tokenizer's groups contain their own centre.
+
+    ``backend``: 'torch' is the brute force below (every device); 'auto' (the default) uses a
+    ``scipy`` k-d tree for CPU tensors of at least ``knn_cpu.MIN_POINTS`` points, which returns
+    the same indices bit for bit (see ``knn_cpu``), and the brute force otherwise."""
     if k > ref.shape[1]:
         raise ValueError(f"knn: k={k} exceeds the {ref.shape[1]} reference points")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"knn: backend must be 'auto' or 'torch', got {backend!r}")
+    if backend == "auto":
+        from i2p.common import knn_cpu
+
+        if knn_cpu.usable(query, ref):
+            return knn_cpu.knn_kdtree(query, ref, k, _knn_brute)
+    return _knn_brute(query, ref, k)
+
+
+def _knn_brute(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     d = _cdist(query.detach(), ref.detach())
     return d.topk(k, dim=-1, largest=False, sorted=True).indices
 
