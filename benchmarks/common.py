@@ -59,7 +59,7 @@ class Sizes:
 PRESETS = {
     "full": Sizes(),
     "quick": Sizes(name="quick", repeats=3, s1_shapes=4, s1_batch=2, s2_batch_paper=4, s2_batch_tiny=4,
-                   s2_ratio_repeats_tiny=15, s2_ratio_repeats_paper=7, loader_workers=(0, 2),
+                   s2_ratio_repeats_tiny=25, s2_ratio_repeats_paper=7, loader_workers=(0, 2),
                    read_passes=3, ops_repeats=3),
     # For the harness's own test: every key of the JSON, at sizes that run in seconds.
     "smoke": Sizes(name="smoke", repeats=1, warmup=1, teacher="test-tiny", s1_shapes=2, s1_batch=2, points=512,
