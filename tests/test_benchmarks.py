@@ -45,3 +45,13 @@ def test_balance_cost_benchmark_runs(small_cache):
 
     res = main(["--cache", small_cache, "--batch", "4", "--repeats", "1", "--warmup", "0"])
     assert res["default_step_s"] > 0 and res["fixed_lambda_step_s"] > 0 and res["ratio_default_over_fixed_lambda"] > 0
+
+
+def test_peak_rss_of_pretrain_is_measured_in_a_child(small_cache, tmp_path):
+    """``benchmarks/memory.py`` runs ``i2p pretrain --config paper`` for a step in a child
+    process and reports that process's own peak RSS (more than torch alone, less than 8 GiB)."""
+    from benchmarks.memory import pretrain_child
+
+    res = pretrain_child(small_cache, tmp_path / "run", steps=1, batch=2)
+    assert 200 < res["rss_peak_mib"] < 8192
+    assert res["preset"] == "paper" and (tmp_path / "run" / "last.ckpt").exists()
