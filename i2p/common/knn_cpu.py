@@ -27,7 +27,8 @@ import torch
 # float32 error bound, so the two paths cannot order them differently outside it.
 TIE_TOL = 1e-5
 # Below this many reference points per cloud the brute force is as fast (and has no per-cloud
-# Python loop).
+# Python loop). Measured, batch 4, tree / brute-force time: 128 queries in 256 points (k=8)
+# 0.82, 64 in 256 1.04, 256 in 512 0.33, 256 in 1024 (k=16) 0.47, 512 in 2048 0.27.
 MIN_POINTS = 256
 LEAFSIZE = 32
 
