@@ -22,6 +22,7 @@ def main(argv=None) -> dict:
     from i2p.stage2_pretrain.config import cache_model_fields
     from i2p.stage2_pretrain.model import ModelConfig, build_model
     from i2p.stage2_pretrain.model.mae import optimizer_groups
+    from i2p.stage2_pretrain.train import make_optimizer
     from i2p.stage2_pretrain.teacher_targets import select_norm, target_stats
 
     from benchmarks.stage2 import Batches, fixed_lambda_config, make_step
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     for name, cfg in (("default", default), ("fixed_lambda", fixed_lambda_config(default))):
         torch.manual_seed(0)
         model = build_model(cfg).train()
-        opt = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-3)
+        opt = make_optimizer(optimizer_groups(model, 0.05), lr=1e-3)
         src = Batches(CacheDataset(a.cache, with_targets=True, augment=True), a.batch, seed=1)
         steps[name] = make_step(model, opt, src, norm=norm)
     times = interleaved(steps, a.repeats, a.warmup)

@@ -35,6 +35,13 @@ class Sizes:
     # stage 2
     s2_batch_paper: int = 8
     s2_batch_tiny: int = 8
+    # The 2D half's cost and the input pipeline (I2P vs 3D-only vs memory-fed steps): more
+    # repeats than the other figures, since the goals are ratios near 1.
+    s2_ratio_repeats_tiny: int = 15
+    s2_ratio_repeats_paper: int = 7
+    loader_workers: tuple = (0, 2, 4)  # DataLoader settings measured against memory-fed steps
+    loader_steps: int = 3  # timed steps per loader block (after one untimed)
+    rss_children: bool = True  # peak RSS of cache build / pretrain in child processes
     paper_overrides: dict = field(default_factory=dict)
     tiny_overrides: dict = field(default_factory=dict)
     # cache reads
@@ -52,10 +59,12 @@ class Sizes:
 PRESETS = {
     "full": Sizes(),
     "quick": Sizes(name="quick", repeats=3, s1_shapes=4, s1_batch=2, s2_batch_paper=4, s2_batch_tiny=4,
+                   s2_ratio_repeats_tiny=25, s2_ratio_repeats_paper=7, loader_workers=(0, 2),
                    read_passes=3, ops_repeats=3),
     # For the harness's own test: every key of the JSON, at sizes that run in seconds.
     "smoke": Sizes(name="smoke", repeats=1, warmup=1, teacher="test-tiny", s1_shapes=2, s1_batch=2, points=512,
-                   s2_batch_paper=2, s2_batch_tiny=2,
+                   s2_batch_paper=2, s2_batch_tiny=2, s2_ratio_repeats_tiny=1, s2_ratio_repeats_paper=1,
+                   loader_workers=(0,), loader_steps=1, rss_children=False,
                    paper_overrides=dict(num_groups=(128, 64, 16), enc_depths=(1, 1, 1), embed_hidden=(32, 64)),
                    read_passes=1, ops_batch=2, ops_points=512, ops_repeats=1, ops_reference=True),
 }

@@ -55,13 +55,14 @@ def main(argv=None) -> dict:
     from i2p.stage1_project.projection import project, projection_params, to_teacher_input
     from i2p.stage2_pretrain.model import ModelConfig, build_model
     from i2p.stage2_pretrain.model.mae import optimizer_groups
+    from i2p.stage2_pretrain.train import make_optimizer
     from i2p.stage2_pretrain.model.masking import all_visibilities, coarse_visibility
     from i2p.stage2_pretrain.model.targets import feature_targets, saliency_cloud
 
     torch.manual_seed(0)
     cfg = (ModelConfig.paper if a.model == "paper" else ModelConfig.tiny)(teacher_channels=512, num_points=2048)
     model = build_model(cfg).train()
-    opt = torch.optim.AdamW(optimizer_groups(model, 0.05), lr=1e-3)
+    opt = make_optimizer(optimizer_groups(model, 0.05), lr=1e-3)
     b = a.batch
     g = torch.Generator().manual_seed(1)
     pts = torch.randn(b, cfg.num_points, 3, generator=g) * torch.tensor([1.0, 0.6, 0.3])

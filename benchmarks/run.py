@@ -36,6 +36,9 @@ RATIO_KEYS = (
     "cached_vs_online_paper",
     "default_vs_fixed_lambda_tiny",
     "default_vs_fixed_lambda_paper",
+    "i2p_vs_3d_only_step_tiny",
+    "i2p_vs_3d_only_step_paper",
+    "cache_vs_memory_fed_step_paper",
     "reads_cold_vs_consumption",
     "reads_warm_vs_consumption",
     "fps_i2p_vs_fpsample",
@@ -50,13 +53,22 @@ RATIO_KEYS = (
 # only for the section processes, and only if the caller has not set it; recorded in the JSON.
 OMP_WAIT_POLICY = "PASSIVE"
 
-GOALS = {  # ratio key -> (threshold, text)
+# Goals on step-TIME ratios (lower is better): ratio key -> (threshold, text).
+MAX_GOALS = {
+    "i2p_vs_3d_only_step_tiny": (1.15, "default (2D-guided) step <= 1.15x the 3D-only step (tiny)"),
+    "i2p_vs_3d_only_step_paper": (1.10, "default (2D-guided) step <= 1.10x the 3D-only step (paper)"),
+    "cache_vs_memory_fed_step_paper": (1.05, "cache-fed step <= 1.05x the memory-fed step (paper)"),
+}
+
+GOALS = {  # ratio key -> (threshold, text): speed ratios (higher is better)
     "cached_vs_online_paper": (3.0, "cached >= 3x online-teacher samples/s (paper model)"),
     "reads_warm_vs_consumption": (5.0, "cache reads >= 5x what training consumes (warm)"),
     "reads_cold_vs_consumption": (5.0, "cache reads >= 5x what training consumes (cold)"),
     "stage1_vs_bare_teacher": (0.7, "stage 1 >= 0.7x the bare teacher forward"),
     "default_vs_fixed_lambda_tiny": (1 / 1.2, "default objective step <= 1.2x the fixed-lambda step (tiny)"),
     "default_vs_fixed_lambda_paper": (1 / 1.2, "default objective step <= 1.2x the fixed-lambda step (paper)"),
+    "fps_i2p_vs_fpsample": (1.0, "FPS >= 1x fpsample (same picks up to distance ties)"),
+    "knn_i2p_vs_ckdtree": (1.0, "kNN >= 1x cKDTree (same neighbours)"),
 }
 
 
@@ -127,6 +139,8 @@ def derive(results: dict) -> tuple[dict, dict]:
         for m in ("tiny", "paper"):
             r[f"cached_vs_online_{m}"] = s2[m]["ratio_cached_vs_online"]
             r[f"default_vs_fixed_lambda_{m}"] = s2[m].get("ratio_default_vs_fixed_lambda")
+            r[f"i2p_vs_3d_only_step_{m}"] = s2[m].get("ratio_i2p_vs_3d_only")
+        r["cache_vs_memory_fed_step_paper"] = s2["paper"].get("ratio_cache_vs_memory_fed")
     if rd and s2:
         consume = s2["paper"]["cached_samples_per_s"]
         rd["consumption_samples_per_s"] = consume
@@ -139,8 +153,12 @@ def derive(results: dict) -> tuple[dict, dict]:
     goals = {}
     for key, (thr, text) in GOALS.items():
         v = r.get(key)
-        goals[key] = {"goal": text, "threshold": thr, "value": v,
+        goals[key] = {"goal": text, "threshold": thr, "value": v, "direction": ">=",
                       "holds": None if v is None else bool(v >= thr)}
+    for key, (thr, text) in MAX_GOALS.items():
+        v = r.get(key)
+        goals[key] = {"goal": text, "threshold": thr, "value": v, "direction": "<=",
+                      "holds": None if v is None or v != v else bool(v <= thr)}
     return r, goals
 
 
@@ -165,7 +183,7 @@ def markdown(report: dict) -> str:
              "", "## Ratios and goals", "", "| ratio | value | goal | holds |", "|---|---|---|---|"]
     for k in RATIO_KEYS:
         g = report["goals"].get(k)
-        goal = f">= {g['threshold']}" if g else ""
+        goal = f"{g['direction']} {g['threshold']:.3g}" if g else ""
         holds = "" if not g else ("n/a" if g["holds"] is None else "yes" if g["holds"] else "NO")
         lines.append(f"| {k} | {_f(report['ratios'][k])} | {goal} | {holds} |")
     s1 = res.get("stage1")
@@ -190,6 +208,28 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m} | {x['batch']} | {_f(x['params_m'])} | {_f(x['cached_samples_per_s'], 3)} | "
                          f"{_f(x['online_samples_per_s'], 3)} | {_f(x['ratio_cached_vs_online'])} | "
                          f"{_f(x.get('fixed_lambda_samples_per_s'), 3)} | {_f(x.get('ratio_default_vs_fixed_lambda'))} |")
+    if s2:
+        lines += ["", "### The 2D half's cost and the input pipeline (step seconds, medians, interleaved)", "",
+                  "| model | I2P step | 3D-only step | I2P / 3D-only | per-round median | I2P read | 3D-only read | "
+                  "memory-fed step | cache-fed / memory-fed |", "|---|---|---|---|---|---|---|---|---|"]
+        for m in ("tiny", "paper"):
+            x = s2[m]
+            mem = x.get("memory_fed_step_seconds")
+            lines.append(f"| {m} | {_f(median(x['i2p_step_seconds']), 3)} | {_f(median(x['3d_only_step_seconds']), 3)} | "
+                         f"{_f(x['ratio_i2p_vs_3d_only'], 3)} | {_f(x['ratio_i2p_vs_3d_only_per_round'], 3)} | "
+                         f"{_f(x['i2p_read_seconds_median'], 3)} | {_f(x['3d_only_read_seconds_median'], 3)} | "
+                         f"{_f(median(mem), 3) if mem else ''} | {_f(x.get('ratio_cache_vs_memory_fed'), 3)} |")
+        ld = s2["paper"].get("loaders")
+        if ld:
+            lines += ["", f"DataLoader (prefetch {ld['prefetch_factor']}) vs memory-fed, paper model, blocks of "
+                      "consecutive steps: " + ", ".join(f"{k.replace('_', ' ')}: {_f(v, 3)}x"
+                                                      for k, v in ld["ratio_vs_memory"].items())]
+        rss = s2.get("peak_rss", {})
+        for key, label in (("cache_build", "i2p cache build"), ("pretrain_paper", "i2p pretrain --config paper")):
+            x = rss.get(key) or {}
+            if x:
+                lines.append(f"- peak RSS of `{label}` (child process): {_f(x['rss_peak_mib'], 0)} MiB "
+                             f"({_f(x['seconds'], 1)} s)")
     rd = res.get("reads")
     if rd:
         lines += ["", f"## Cache reads ({rd['samples']} samples of {rd['bytes_per_sample'] / 1e6:.2f} MB)", "",
@@ -232,7 +272,7 @@ def main(argv=None) -> dict:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise SystemExit(f"unknown section(s) {bad}; choose from {SECTIONS}")
-    needs_cache = {"stage2", "reads"} & set(sections)
+    needs_cache = {"reads"} & set(sections)  # stage2 builds a cache itself when stage1 did not run
     if needs_cache and "stage1" not in sections and not (args.workdir and (Path(args.workdir) / "cache").exists()):
         raise SystemExit(f"section(s) {sorted(needs_cache)} read the cache that stage1 builds: add stage1 to "
                          "--sections, or pass the --workdir of an earlier run")
@@ -281,7 +321,7 @@ def main(argv=None) -> dict:
     print("ratios:")
     for k, v in report["ratios"].items():
         print(f"  {k:32s} {_f(v, 3)}")
-    for k, g in report["goals"].items():
+    for k, g in report["goals"].items():  # noqa: B007
         state = "n/a" if g["holds"] is None else ("HOLDS" if g["holds"] else "DOES NOT HOLD")
         print(f"  goal {g['goal']}: {_f(g['value'])} -> {state}")
     print(f"[benchmarks] wrote {out / 'results.json'} and {out / 'results.md'} "

@@ -213,3 +213,40 @@ def test_balance_warmup_ramps_the_ratio_linearly():
     assert tiny().balance_warmup == 0.1
     legacy = {k: v for k, v in tiny().to_dict().items() if k != "balance_warmup"}
     assert type(cfg).from_dict(legacy).balance_warmup == 0.0
+
+
+@pytest.mark.parametrize("progress", [None, 0.03])
+def test_single_pass_balance_equals_the_two_pass_form(progress):
+    """The default objective differentiates the heads once (``balance_single_pass``); the
+    two-pass form (``balance_weight``, then ``loss.backward()`` through the heads again) must
+    give the same loss, weight, raw ratio and -- up to rounding order -- the same gradient on
+    every parameter, and the same encoder gradients of each term (the diagnostics')."""
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    enc = [p for p in model.encoder.parameters()]
+    runs = {}
+    for single in (True, False):
+        model._single_pass = (lambda: single) if not single else type(model)._single_pass.__get__(model)
+        model.zero_grad(set_to_none=True)
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(3), progress=progress)
+        term = {k: torch.autograd.grad(out[k] if k == "loss_3d" else out["w_2d"] * out["loss_2d"], enc,
+                                       retain_graph=True, allow_unused=True) for k in ("loss_3d", "loss_2d")}
+        out["loss"].backward()
+        runs[single] = (out, term, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (a, ta, ga), (b, tb, gb) = runs[True], runs[False]
+    for k in ("loss", "loss_3d", "loss_2d", "w_2d", "grad_ratio_2d"):
+        assert torch.equal(a[k].detach(), b[k].detach()), k
+    assert float(a["w_2d"]) > 0
+    assert set(ga) == set(gb) and {"head_2d.weight", "head_3d.weight"} <= set(ga) and len(ga) > 20
+    # Rounding order differs (w scales the 2D gradient after the head instead of before), so
+    # compare within 1e-5 of the largest gradient entry (a bias followed by a BatchNorm has a
+    # gradient that is rounding noise in both forms).
+    scale = max(float(g.abs().max()) for g in gb.values())
+    for n in gb:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+    flat = lambda g: torch.cat([x.flatten() for x in g if x is not None])  # noqa: E731
+    for k in ta:  # what the diagnostics report: the norm of each term's encoder gradient
+        x, y = flat(ta[k]), flat(tb[k])
+        assert float((x - y).norm()) <= 1e-5 * float(y.norm()) and float(y.norm()) > 0, k

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_benchmark_harness_smoke(tmp_path):
-    from benchmarks.run import GOALS, RATIO_KEYS, main
+    from benchmarks.run import GOALS, MAX_GOALS, RATIO_KEYS, main
 
     prev = torch.get_num_threads()
     try:
@@ -24,8 +24,12 @@ def test_benchmark_harness_smoke(tmp_path):
     assert set(RATIO_KEYS) <= set(data["ratios"])
     for key in RATIO_KEYS:
         assert data["ratios"][key] is not None, key
-    for key in GOALS:
-        assert data["goals"][key]["holds"] in (True, False)
+    for key in (*GOALS, *MAX_GOALS):
+        assert data["goals"][key]["holds"] in (True, False), key
+    s2 = data["results"]["stage2"]
+    for m in ("tiny", "paper"):  # the 3D-only network has no 2D head: fewer parameters
+        assert s2[m]["params_3d_only_m"] < s2[m]["params_m"]
+    assert s2["paper"]["loaders"]["ratio_vs_memory"]["workers_0"] > 0
     for section in ("stage1", "stage2", "reads", "point_ops"):
         assert data["results"][section]["memory"]["rss_peak_mib"] > 0
     s1 = data["results"]["stage1"]
@@ -41,3 +45,13 @@ def test_balance_cost_benchmark_runs(small_cache):
 
     res = main(["--cache", small_cache, "--batch", "4", "--repeats", "1", "--warmup", "0"])
     assert res["default_step_s"] > 0 and res["fixed_lambda_step_s"] > 0 and res["ratio_default_over_fixed_lambda"] > 0
+
+
+def test_peak_rss_of_pretrain_is_measured_in_a_child(small_cache, tmp_path):
+    """``benchmarks/memory.py`` runs ``i2p pretrain --config paper`` for a step in a child
+    process and reports that process's own peak RSS (more than torch alone, less than 8 GiB)."""
+    from benchmarks.memory import pretrain_child
+
+    res = pretrain_child(small_cache, tmp_path / "run", steps=1, batch=2)
+    assert 200 < res["rss_peak_mib"] < 8192
+    assert res["preset"] == "paper" and (tmp_path / "run" / "last.ckpt").exists()

@@ -62,6 +62,55 @@ def test_knn_matches_sorting():
     assert torch.equal(self_idx[..., 0], torch.arange(10).expand(2, 10))
 
 
+def test_fps_in_cpu_blocks_equals_cloud_by_cloud():
+    """A CPU batch larger than one block (16 clouds of 2048 points) is sampled block by block:
+    the same picks as each cloud alone, for a fixed start, one generator and per-sample ones."""
+    x = cloud(20, 2048, seed=6)
+    for start in (0, torch.Generator().manual_seed(2), [torch.Generator().manual_seed(s) for s in range(20)]):
+        got = farthest_point_sample(x, 24, start)
+        if isinstance(start, torch.Generator):
+            starts = torch.randint(2048, (20,), generator=torch.Generator().manual_seed(2))
+        elif isinstance(start, list):
+            starts = torch.stack([torch.randint(2048, (), generator=torch.Generator().manual_seed(s)) for s in range(20)])
+        else:
+            starts = torch.zeros(20, dtype=torch.long)
+        one = torch.cat([farthest_point_sample(x[b:b + 1], 24, int(starts[b])) for b in range(20)])
+        assert torch.equal(got, one)
+        assert torch.equal(got[:, 0], starts)
+
+
+def test_knn_cpu_tree_returns_the_brute_force_indices():
+    """On the CPU, kNN of >= 256 points goes through a scipy k-d tree (``knn_cpu``): the same
+    indices as the brute force, bit for bit, also with duplicated points (exact distance ties,
+    answered by the brute force) and points far from the origin; below 256 points, on
+    non-finite input or with backend='torch', the brute force itself."""
+    pytest.importorskip("scipy")
+    from i2p.common import knn_cpu
+
+    pts = cloud(3, 2048, seed=4)
+    pts[1, 1000:1100] = pts[1, :100]  # 100 duplicated points: tied neighbours
+    pts[2] = pts[2] * 1e-3 + 5.0  # small distances far from the origin
+    ctr = gather(pts, farthest_point_sample(pts, 512))
+    for k in (1, 16):
+        fast, ref = knn(ctr, pts, k), knn(ctr, pts, k, backend="torch")
+        assert fast.dtype == ref.dtype == torch.int64 and fast.shape == (3, 512, k)
+        assert torch.equal(fast, ref), k
+    calls = []
+    real = knn_cpu.knn_kdtree
+    try:
+        knn_cpu.knn_kdtree = lambda *a: calls.append(1) or real(*a)
+        knn(ctr, pts, 16)
+        knn(ctr[:, :50], pts[:, :255], 8)  # below MIN_POINTS: brute force
+        bad = pts.clone()
+        bad[0, 5] = float("nan")
+        knn(ctr, bad, 4)  # non-finite: brute force
+    finally:
+        knn_cpu.knn_kdtree = real
+    assert calls == [1]
+    with pytest.raises(ValueError, match="backend"):
+        knn(ctr, pts, 4, backend="faiss")
+
+
 def test_gather_loops():
     x = torch.randn(3, 7, 4, 2)
     idx = torch.randint(7, (3, 5, 6))

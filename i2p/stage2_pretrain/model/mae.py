@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from i2p.common.point_ops import chamfer_l2
+from i2p.stage2_pretrain.model.balance import balance_single_pass, balance_weight
 from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.decoder import HierarchicalDecoder
 from i2p.stage2_pretrain.model.encoder import HierarchicalEncoder, LevelOutput
@@ -45,37 +46,6 @@ def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> tor
     counts = torch.bincount(rows, minlength=batch).to(values.dtype)
     present = counts > 0
     return (sums[present] / counts[present]).mean()
-
-
-def _sq_norm(g: torch.Tensor | None) -> torch.Tensor:
-    return torch.zeros(()) if g is None else g.detach().float().pow(2).sum()
-
-
-def balance_weight(ref_loss: torch.Tensor, loss: torch.Tensor, at: torch.Tensor, ratio: float,
-                   ref_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight ``w`` (detached) such that ``w * loss`` sends ``ratio`` times the gradient norm
-    into ``at`` that ``ref_loss`` sends into ``ref_at`` (default ``at``). Returns ``(w, raw)``
-    with ``raw = |grad loss| / |grad ref_loss|`` (the unweighted ratio, a diagnostic).
-
-    Why here: both norms are of gradients with respect to the same network features, so the
-    ratio is unitless -- multiplying the 2D targets by 10 multiplies the 2D gradient by 10 and
-    divides ``w`` by 10; multiplying the 3D loss by 100 multiplies ``w`` by 100 -- and the
-    gradients reaching the encoder keep their proportion. Only the heads are differentiated
-    twice (the encoder backward happens once, in ``loss.backward()``). Under torchrun the
-    squared norms are summed over ranks, so every rank uses the same weight, the one a single
-    process would compute for the whole batch.
-    """
-    ref_at = at if ref_at is None else ref_at
-    g_ref = torch.autograd.grad(ref_loss, ref_at, retain_graph=True, allow_unused=True)[0]
-    g = torch.autograd.grad(loss, at, retain_graph=True, allow_unused=True)[0]
-    sq = torch.stack([_sq_norm(g_ref).to(at.device), _sq_norm(g).to(at.device)])
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(sq)
-    n_ref, n = sq.sqrt().unbind()
-    raw = n / n_ref.clamp_min(1e-12)
-    w = torch.where(n > 0, ratio * n_ref / n.clamp_min(1e-12), torch.zeros_like(n))
-    return w.detach(), raw.detach()
 
 
 class I2PMAE(nn.Module):
@@ -129,9 +99,13 @@ class I2PMAE(nn.Module):
         """
         h, sal, vis_top, vis, enc, x = self._mask_and_decode(points, view_saliency, proj, scale, shift, generator)
         masked = ~vis[self.cfg.head_level]
-        loss_3d = self._loss_3d(x, masked, h, points.shape[0])
-        out = self._objective(loss_3d, x, ~masked, enc, points, h, view_features, proj, global_target,
-                              global_bank, global_rows, progress)
+        # The default objective differentiates the heads once (see ``balance_single_pass``): they
+        # then run on a detached copy of the head features, reconnected to the graph after.
+        single = self._single_pass() and x.requires_grad
+        xh = x.detach().requires_grad_() if single else x
+        loss_3d = self._loss_3d(xh, masked, h, points.shape[0])
+        out = self._objective(loss_3d, xh, ~masked, enc, points, h, view_features, proj, global_target,
+                              global_bank, global_rows, progress, x if single else None)
         out["head_features"] = x
         nan = torch.full((), float("nan"), device=points.device)
         out["sal_visible"] = masked_mean(sal, vis_top) if sal is not None else nan
@@ -176,10 +150,18 @@ class I2PMAE(nn.Module):
         per_token = chamfer_l2(pred, h.neighbors[lvl][b_idx, g_idx].float())
         return per_sample_mean(per_token, b_idx, bsz)
 
+    def _single_pass(self) -> bool:
+        """Whether this step's automatic balance takes the single-pass form: the default
+        objective (2D term, automatic weight, no global term) with gradients enabled."""
+        cfg = self.cfg
+        return cfg.use_2d and cfg.lambda_2d is None and self.head_global is None and torch.is_grad_enabled()
+
     def _objective(self, loss_3d, x, visible, enc, points, h, view_features, proj, global_target, global_bank,
-                   global_rows, progress) -> dict[str, torch.Tensor]:
+                   global_rows, progress, graph_x=None) -> dict[str, torch.Tensor]:
         """L3d plus the weighted 2D terms (fixed lambda or the automatic balance), with each
-        term, its weight and the raw gradient ratio; the heads' predictions in evaluation."""
+        term, its weight and the raw gradient ratio; the heads' predictions in evaluation.
+        ``graph_x``: the head features in the graph when ``x`` is their detached copy (the
+        single-pass balance)."""
         cfg = self.cfg
         zero = torch.zeros((), device=points.device)
         loss_2d, loss_g, w_2d, w_g, raw_2d, raw_g = zero, zero, zero, zero, zero, zero
@@ -190,11 +172,15 @@ class I2PMAE(nn.Module):
             auto = torch.is_grad_enabled() and x.requires_grad
             if cfg.lambda_2d is not None:
                 w_2d = torch.tensor(float(cfg.lambda_2d), device=points.device)
+            elif graph_x is not None:
+                w_2d, raw_2d, loss_3d, loss_2d, loss = balance_single_pass(
+                    loss_3d, loss_2d, x, graph_x, self.head_3d, self.head_2d, cfg.balance_ratio * self._ramp(progress))
             elif auto:
                 w_2d, raw_2d = balance_weight(loss_3d, loss_2d, x, cfg.balance_ratio * self._ramp(progress))
             else:  # no graph to balance with (evaluation of the loss only): report the raw sum
                 w_2d = torch.ones((), device=points.device)
-            loss = loss + w_2d * loss_2d
+            if graph_x is None:
+                loss = loss + w_2d * loss_2d
             if self.head_global is not None:
                 pooled, loss_g, preds["pred_global"] = self._loss_global(enc[-1], global_target, global_bank,
                                                                          global_rows)
