@@ -6,7 +6,7 @@ Both paths run the same model instance, optimiser, batch size and device, and th
 ``i2p.stage2_pretrain.train`` (forward + backward + grad clip + AdamW step, per-sample
 generators, augmentation): the cached path reads points, features, saliency and projection
 parameters from the real stage-1 cache; the online path reads only points and calls
-``train._teacher_maps`` (project + teacher) inside the step. A step's time includes fetching
+``online_teacher.teacher_maps`` (project + teacher) inside the step. A step's time includes fetching
 its batch from the store (no loader workers, so reading is not hidden behind compute).
 
 The cost of the 2D half: the default (I2P) step vs the same network trained 3D-only

@@ -38,6 +38,7 @@ from i2p.stage2_pretrain.model import build_model
 from i2p.stage2_pretrain.model.config import ModelConfig
 from i2p.stage2_pretrain.model.mae import optimizer_groups
 from i2p.stage2_pretrain.model.rng import step_generators
+from i2p.stage2_pretrain.online_teacher import online_teacher, teacher_maps
 from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
 from i2p.stage2_pretrain.mixing import epoch_order, split_holdout, training_plan  # noqa: F401 (split_holdout: re-export)
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
@@ -84,34 +85,6 @@ def make_optimizer(groups: list[dict], lr: float, betas=(0.9, 0.999)) -> torch.o
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
 
-def _online_teacher(cfg: pcfg.PretrainConfig, attrs: dict, device: torch.device):
-    from i2p.stage1_project.teachers import create_teacher, teacher_fingerprint
-
-    s = attrs["settings"]
-    if s.get("denoise"):
-        raise TrainingError("--online-teacher cannot reproduce a cache built with --denoise (its targets average "
-                            "several jittered renders); train from the cache")
-    weights = cfg.teacher_weights or ("random" if s["teacher_random"] else None)
-    teacher = create_teacher(s["teacher"], weights=weights, device=device)
-    fp = teacher_fingerprint(teacher)
-    teacher.projection = s.get("projection", "sum")  # render as the cache was rendered
-    if s.get("teacher_mean") and s.get("teacher_std"):  # normalise as the cache did (--teacher-input)
-        teacher.mean, teacher.std = tuple(s["teacher_mean"]), tuple(s["teacher_std"])
-    if fp["weights_sha256"] != s["teacher_weights_sha256"]:
-        raise TrainingError(f"online teacher weights (sha256 {fp['weights_sha256']}) differ from the cache's "
-                            f"({s['teacher_weights_sha256']}): pass the same --teacher-weights")
-    return teacher
-
-
-def _teacher_maps(teacher, points: torch.Tensor, projection: str = "sum"):
-    from i2p.stage1_project.projection import project, to_teacher_input
-
-    depth, proj = project(points, mode=projection)
-    f, s = teacher(to_teacher_input(depth, teacher.mean, teacher.std))
-    b, v = proj.shape[:2]
-    return f.view(b, v, *f.shape[1:]), s.view(b, v, *s.shape[1:]), proj
-
-
 def forward_batch(train_model, batch: dict, device: torch.device, seed: int, step: int, teacher=None,
                   norm: dict | None = None, tag: str = "step", bank: dict | None = None,
                   progress: float | None = None, teacher_augmented: bool = False) -> dict:
@@ -135,7 +108,7 @@ def forward_batch(train_model, batch: dict, device: torch.device, seed: int, ste
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         if teacher is not None:
-            feats, sal, proj = _teacher_maps(teacher, points, getattr(teacher, "projection", "sum"))
+            feats, sal, proj = teacher_maps(teacher, points, getattr(teacher, "projection", "sum"))
         elif "features" in batch:
             feats = batch["features"].to(device, non_blocking=True)
             sal = batch["saliency"].to(device, non_blocking=True)
@@ -259,7 +232,7 @@ class _Run:
     def _prepare_targets(self) -> None:
         """The online teacher (if any), the target statistics, the 'nce' bank, the held-out set."""
         cfg, device = self.cfg, self.device
-        self.teacher = _online_teacher(cfg, self.attrs, device) if cfg.online_teacher else None
+        self.teacher = online_teacher(cfg, self.attrs, device) if cfg.online_teacher else None
         use_global = cfg.model.use_2d and cfg.model.global_ratio > 0
         self.norm = None
         if cfg.model.use_2d and (cfg.data.normalize_targets or use_global):
