@@ -94,6 +94,32 @@ def test_global_distillation_term_is_balanced_and_learns():
         model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
 
 
+def test_global_term_on_the_full_cloud_pools_every_token():
+    """global_input='full': the global head reads a second, unmasked encoder pass of the same
+    grouped cloud (what downstream protocols encode), not the masked pass's 20% visible tokens."""
+    from i2p.stage2_pretrain.model.masking import all_visibilities
+
+    cfg = tiny(drop_path=0.0, global_ratio=0.5, global_input="full")
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    target = torch.randn(len(pts), cfg.views * C, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0), global_target=target)
+        h = model.encoder.group(pts, torch.Generator().manual_seed(0))
+        top = cfg.num_levels - 1
+        every = torch.ones(len(pts), cfg.num_groups[top], dtype=torch.bool)
+        enc = model.encoder.forward_hierarchy(h, all_visibilities(every, h.groups, cfg.num_groups), None)
+        assert bool(enc[-1].valid.all())  # every token encoded
+        expect = model.head_global(enc[-1].tokens.amax(dim=1)).float()
+        torch.testing.assert_close(out["pred_global"], expect, rtol=1e-5, atol=1e-5)
+        vis_model = build_model(tiny(drop_path=0.0, global_ratio=0.5))
+        vis_model.load_state_dict(model.state_dict())
+        vis = vis_model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0), global_target=target)
+        assert (vis["pred_global"] - out["pred_global"]).abs().max() > 1e-3  # the visible-token pooling differs
+    with pytest.raises(ValueError, match="global_input"):
+        tiny(global_input="all").validate()
+
+
 def test_point_l2_targets_have_unit_length_per_view():
     cfg = tiny(target_l2=True)
     model = build_model(cfg)

@@ -73,6 +73,12 @@ class ModelConfig:
     # reproduce its hundreds of noisy channels.
     global_loss: str = "mse"
     global_tau: float = 0.1
+    # What the global term pools. 'visible': the masked pass's visible tokens (what the encoder
+    # already computed). 'full': a second encoder pass over every token of the same cloud, no
+    # mask -- feature distillation of the whole shape, as the encoder is used downstream
+    # (a transfer lever: a whole-shape teacher feature is barely predictable from 20% of the
+    # tokens; costs one more encoder forward and backward).
+    global_input: str = "visible"
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
     # to the centre, through a mini-PointNet of width C_prev + 3 (12,668,968 encoder parameters
@@ -202,6 +208,8 @@ class ModelConfig:
             raise ValueError("balance_warmup must be in [0, 1) (a fraction of the run)")
         if self.global_loss not in ("mse", "nce") or self.global_tau <= 0:
             raise ValueError("global_loss must be 'mse' or 'nce' and global_tau > 0")
+        if self.global_input not in ("visible", "full"):
+            raise ValueError("global_input must be 'visible' or 'full'")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.teacher_channels < 0 or self.views < 1:

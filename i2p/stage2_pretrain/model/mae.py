@@ -104,7 +104,12 @@ class I2PMAE(nn.Module):
         single = self._single_pass() and x.requires_grad
         xh = x.detach().requires_grad_() if single else x
         loss_3d = self._loss_3d(xh, masked, h, points.shape[0])
-        out = self._objective(loss_3d, xh, ~masked, enc, points, h, view_features, proj, global_target,
+        enc_g = enc
+        if self.head_global is not None and self.cfg.global_input == "full":
+            every = torch.ones_like(vis_top)
+            enc_g = self.encoder.forward_hierarchy(h, all_visibilities(every, h.groups, self.cfg.num_groups),
+                                                   generator)
+        out = self._objective(loss_3d, xh, ~masked, enc_g, points, h, view_features, proj, global_target,
                               global_bank, global_rows, progress, x if single else None)
         out["head_features"] = x
         nan = torch.full((), float("nan"), device=points.device)
