@@ -15,6 +15,9 @@ import numpy as np
 from i2p.common.errors import DataSpecError
 
 SPLITS = ("train", "test", "all")
+# A reader whose data defines a validation split (ShapeNetPart's official lists) registers with
+# ``splits=SPLITS_WITH_VAL``; every other reader keeps refusing 'val'.
+SPLITS_WITH_VAL = ("train", "val", "test", "all")
 
 
 @dataclass
@@ -22,6 +25,9 @@ class Sample:
     points: np.ndarray  # float32 [P, 3], centred, unit sphere
     label: int
     id: str
+    # int64 [P] global part id of every point, for readers with part annotations (else None);
+    # the parts of class ``label`` are ``PointDataset.class_parts[label]``.
+    parts: np.ndarray | None = None
 
 
 class PointDataset:
@@ -38,6 +44,14 @@ class PointDataset:
     split: str
     num_points: int
     classes: list[str]
+    # Part segmentation (None for a reader without part labels): the global part ids of every
+    # class (label -> ids; ranges as ShapeNetPart's 0..49) and a name per global part id.
+    class_parts: list[list[int]] | None = None
+    part_names: list[str] | None = None
+
+    @property
+    def has_parts(self) -> bool:
+        return self.class_parts is not None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -73,11 +87,14 @@ class PointDataset:
 
 ReaderFactory = Callable[..., PointDataset]
 _READERS: dict[str, ReaderFactory] = {}
+_SPLITS: dict[str, tuple[str, ...]] = {}
 
 
-def register_reader(kind: str) -> Callable[[ReaderFactory], ReaderFactory]:
+def register_reader(kind: str, splits: tuple[str, ...] = SPLITS) -> Callable[[ReaderFactory], ReaderFactory]:
+    """Register a reader under ``kind``; ``splits`` are the split names it accepts."""
     def deco(fn: ReaderFactory) -> ReaderFactory:
         _READERS[kind] = fn
+        _SPLITS[kind] = tuple(splits)
         return fn
 
     return deco
@@ -103,7 +120,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def create_dataset(spec: str, split: str = "train", num_points: int = 2048, seed: int = 0, **kwargs) -> PointDataset:
     """Open the dataset named by ``spec``. Raises DataSpecError for a malformed spec, an
     unknown kind, a missing path or an unknown split."""
-    if split not in SPLITS:
+    if split not in SPLITS_WITH_VAL:
         raise DataSpecError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     kind, arg = parse_spec(spec)
+    if split not in _SPLITS[kind]:
+        raise DataSpecError(f"unknown split {split!r} for {kind!r} data: choose one of {', '.join(_SPLITS[kind])}")
     return _READERS[kind](arg, split=split, num_points=num_points, seed=seed, spec=spec, **kwargs)
