@@ -67,8 +67,17 @@ def _run(args, tmp_path, name):
     return json.loads((out / "result.json").read_text()), out
 
 
-def test_eval_partseg_builtin(tmp_path):
-    res, out = _run(["--data", "builtin:primitives?n_train=3&n_test=1"], tmp_path, "b")
+BUILTIN = ["--data", "builtin:primitives?n_train=3&n_test=1"]
+
+
+@pytest.fixture(scope="module")
+def builtin_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    return _run(BUILTIN, tmp_path_factory.mktemp("partseg"), "b")
+
+
+def test_eval_partseg_builtin(builtin_run):
+    res, out = builtin_run
     assert res["protocol"] == "partseg" and res["schema"] == "i2p.eval.result/1"
     assert res["metrics"] == ["instance_miou", "class_miou", "point_accuracy"]
     per = res["per_category_iou"]
@@ -79,8 +88,38 @@ def test_eval_partseg_builtin(tmp_path):
     assert res["settings"]["val"].endswith("of train (seeded)")
     with np.load(out / "partseg_samples.npz") as z:
         assert z["points"].shape == (13, 256, 3) and z["pred"].shape == z["true"].shape == (13, 256)
-    again, _ = _run(["--data", "builtin:primitives?n_train=3&n_test=1"], tmp_path, "b")  # resumes: no training
+    again, _ = _run(BUILTIN, out.parent, "b")  # resumes the finished run: no training, same scores
     assert again["history"] == res["history"] and again["instance_miou"] == res["instance_miou"]
+
+
+def test_viz_partseg_colours_are_the_parts(builtin_run, tmp_path):
+    from matplotlib.colors import to_hex
+
+    from i2p.viz.partseg import load_samples, partseg_figure, pick_rows, render_partseg
+
+    _, out = builtin_run
+    s = load_samples(out)
+    rows = pick_rows(s, 3)
+    assert [str(s["classes"][s["labels"][i]]) for i in rows] == ["chair", "cylinder", "cone"]  # 3 parts first
+    fig = partseg_figure(s, 3)
+    art = {a.get_gid(): a for ax in fig.axes for a in ax.collections}
+    for r, i in enumerate(rows):
+        for kind in ("true", "pred"):
+            colours = [to_hex(c) for c in art[f"partseg-{kind}-{r}"].get_facecolors()]
+            # same part -> same colour, different parts -> different colours
+            assert len(set(zip(s[kind][i].tolist(), colours))) == len(set(colours)) == len(np.unique(s[kind][i]))
+    assert "IoU" in fig.axes[1].get_title()
+    png = render_partseg(out, tmp_path / "p.png", count=2)
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_shows_partseg(builtin_run):
+    from i2p.report.sections import ReportInputs, _eval_section
+    from i2p.stage3_eval.report import load_result
+
+    _, out = builtin_run
+    html = _eval_section(ReportInputs(run_dir=out, results=[load_result(out)]))
+    assert 'alt="partseg samples"' in html and "instance mIoU" in html
 
 
 def test_eval_partseg_shapenetpart_layout(tmp_path):
