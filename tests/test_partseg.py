@@ -55,6 +55,21 @@ def test_head_shapes_and_gradient():
     assert model.encoder.embeds[0].parameters().__next__().grad.abs().sum() > 0  # the encoder is fine-tuned
 
 
+def test_paper_recipe_is_point_m2ae():
+    from i2p.api.loading import load_encoder
+    from i2p.stage3_eval.partseg_model import PartSegmenter
+    from i2p.stage3_eval.partseg_train import resolve
+
+    rc = resolve("paper")
+    assert (rc.epochs, rc.batch_size, rc.points, rc.lr, rc.weight_decay, rc.warmup, rc.grad_clip) == (
+        300, 16, 2048, 2e-4, 0.05, 10, 10.0)
+    assert resolve("paper", epochs=3, lr=None).epochs == 3 and resolve("paper", epochs=3).lr == 2e-4
+    enc = load_encoder("random", "cpu", preset="paper", seed=0)
+    model = PartSegmenter(enc.network, (96, 192, 384), 16, 50, rc.head, rc.local_radii)
+    # Point-M2AE's convs1 takes 6208 channels: (max + mean) and per-point features 3 x 1024 each, label 64
+    assert model.mlp[0][0].in_channels == 6208 and model.mlp[-1].out_channels == 50
+
+
 def _run(args, tmp_path, name):
     from typer.testing import CliRunner
 

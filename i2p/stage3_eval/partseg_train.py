@@ -143,7 +143,7 @@ def _epoch(model, opt, train: tuple, rc: PartsegRecipe, epoch: int, seed: int, d
             g["lr"] = epoch_lr(rc, epoch, j, steps)
         x = augment(torch.from_numpy(pts[idx]), rc, gen).to(device)
         logits = model(x, torch.from_numpy(labels[idx]).to(device))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(parts[idx]).to(device).reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(parts[idx]).long().to(device).reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if rc.grad_clip > 0:
