@@ -190,12 +190,12 @@ def partseg_cmd(ckpt: str = CKPT,
                                                      help="recipe: default (i2p's, CPU-sized head) or paper "
                                                      "(Point-M2AE's: 300 epochs, batch 16, lr 2e-4, full head); "
                                                      "options given here still win"),
-                epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="[default: 100; paper 300]"),
-                batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="[default: 16]"),
-                points: Optional[int] = typer.Option(None, "--points", min=1, help="points per shape [default: 2048]"),
-                lr: Optional[float] = typer.Option(None, "--lr", help="[default: 5e-4; paper 2e-4]"),
+                epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs (default 100; paper 300)"),
+                batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="shapes per step (default 16)"),
+                points: Optional[int] = typer.Option(None, "--points", min=1, help="points per shape (default 2048)"),
+                lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate (default 5e-4; paper 2e-4)"),
                 arch: Optional[Preset] = typer.Option(None, "--arch", help="architecture of --ckpt random "
-                                                      "[default: tiny; paper with --preset paper]"),
+                                                      "(default tiny; paper with --preset paper)"),
                 val_frac: float = typer.Option(0.1, "--val-frac", help="share of train held out for selection "
                                                "when the data has no val split"),
                 seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result and checkpoint directory"),

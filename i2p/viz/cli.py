@@ -79,7 +79,7 @@ def recon_cmd(
 def partseg_cmd(
     result: Path = typer.Option(..., "--result", callback=existing_path,
                                 help="result directory of `i2p eval partseg` (holds partseg_samples.npz)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG file to write [default: RESULT/partseg.png]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG file to write (default RESULT/partseg.png)"),
     count: int = typer.Option(4, "--count", min=1, help="test shapes to show (one row each)"),
 ) -> None:
     """Test shapes coloured by true and by predicted part, side by side, with each shape's IoU."""
