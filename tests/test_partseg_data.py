@@ -107,3 +107,10 @@ def test_primitives_parts_keep_points():
     t = ds.load(ds.ids.index("table/train/0000"))
     top, legs = ds.class_parts[ds.classes.index("table")]
     assert t.points[t.parts == top, 2].mean() > t.points[t.parts == legs, 2].mean() + 0.15
+
+
+def test_shapenetpart_missing_dir_and_category_file(tmp_path):
+    with pytest.raises(DataSpecError, match="does_not_exist"):
+        create_dataset(f"shapenetpart:{tmp_path / 'does_not_exist'}")
+    with pytest.raises(DataSpecError, match=r"category list not found: .*synsetoffset2category\.txt"):
+        create_dataset(f"shapenetpart:{tmp_path}")
