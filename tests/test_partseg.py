@@ -145,3 +145,47 @@ def test_eval_partseg_shapenetpart_layout(tmp_path):
     for key in ("instance_miou", "class_miou"):
         assert 0 < res[key] <= 1
     assert set(res["fingerprints"]) == {"train", "val", "test"}
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from i2p.api.loading import load_encoder
+    from i2p.common.datasets import create_dataset
+    from i2p.stage3_eval import partseg_train as pt
+    from i2p.stage3_eval.partseg import load_part_clouds
+    from i2p.stage3_eval.partseg_model import PartSegmenter, SegHeadConfig
+
+    ds = create_dataset("builtin:primitives?n_train=1&n_test=0", "train", num_points=256)
+    pts, parts, labels, _, _ = load_part_clouds(ds, progress=False)
+    data = {"train": (pts[:9], parts[:9], labels[:9]), "val": (pts[9:], parts[9:], labels[9:])}
+    rc = pt.resolve("default", epochs=2, batch_size=4, points=256, head=SegHeadConfig(propagation=(16,), hidden=(16, 16)))
+
+    def fresh():
+        torch.manual_seed(0)
+        enc = load_encoder("random", "cpu", preset="tiny", seed=0)
+        return PartSegmenter(enc.network, (48, 96, 192), len(ds.classes), len(ds.part_names), rc.head, rc.local_radii)
+
+    def run(model, out):
+        return pt.train(model, data, out, rc, ds.class_parts, ds.classes, seed=0, device="cpu",
+                        settings={"test": 1}, progress=False)
+
+    straight = fresh()
+    ref = run(straight, tmp_path / "a")
+    real_epoch = pt._epoch
+
+    def crash_in_second(model, opt, train, rc_, epoch, *a):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(model, opt, train, rc_, epoch, *a)
+
+    monkeypatch.setattr(pt, "_epoch", crash_in_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(fresh(), tmp_path / "b")
+    monkeypatch.setattr(pt, "_epoch", real_epoch)
+    resumed_model = fresh()
+    resumed = run(resumed_model, tmp_path / "b")
+    assert resumed["history"] == ref["history"] and len(ref["history"]) == 2
+    for (k, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(Exception, match="other settings"):
+        pt.train(fresh(), data, tmp_path / "b", rc, ds.class_parts, ds.classes, seed=0, device="cpu",
+                 settings={"test": 2}, progress=False)
