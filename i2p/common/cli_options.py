@@ -69,6 +69,12 @@ class Preset(Choice):
     paper = "paper"
 
 
+class PartsegPreset(Choice):
+    """``i2p eval partseg --preset``: i2p's CPU-sized recipe or Point-M2AE's (stage3_eval/partseg_train.py)."""
+    default = "default"
+    paper = "paper"
+
+
 class FinetuneRecipe(Choice):
     """``i2p eval finetune --recipe``: the official fine-tuning recipes (stage3_eval/finetune_presets.py)."""
     paper_modelnet40 = "paper-modelnet40"

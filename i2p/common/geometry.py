@@ -47,10 +47,13 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 def resample(points: np.ndarray, count: int, seed: int) -> np.ndarray:
     """Exactly ``count`` points: a seeded subset without replacement when there are enough,
     otherwise all points plus seeded repeats (so small files still give [count, 3])."""
-    n = len(points)
+    return points[resample_indices(len(points), count, seed)]
+
+
+def resample_indices(n: int, count: int, seed: int) -> np.ndarray:
+    """The indices :func:`resample` takes, so per-point attributes (part labels) can follow
+    the points they belong to."""
     rng = np.random.default_rng(seed)
     if n >= count:
-        idx = np.sort(rng.choice(n, size=count, replace=False))
-    else:
-        idx = np.concatenate([np.arange(n), rng.choice(n, size=count - n, replace=True)])
-    return points[idx]
+        return np.sort(rng.choice(n, size=count, replace=False))
+    return np.concatenate([np.arange(n), rng.choice(n, size=count - n, replace=True)])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from i2p import __version__
-from i2p.report.page import CSP, SELF_CHECK, STYLE, esc, fmt, img_tag, table
+from i2p.report.page import CSP, SELF_CHECK, STYLE, esc, fig_png, fmt, img_tag, table
 from i2p.report.plots import loss_plot, probe_plot, rate_plot
 
 
@@ -140,14 +140,30 @@ def _eval_section(inp: ReportInputs) -> str:
             pooled = " Queries of every episode pooled." if res.get("protocol") == "fewshot" else ""
             parts.append(img_tag(conf.read_bytes(), f"confusion {res.get('protocol')}",
                                  f"Confusion matrix ({res.get('protocol')}, {who}).{pooled}"))
+        seg = _partseg_png(Path(res["_path"]).parent)
+        if seg is not None:
+            parts.append(img_tag(seg, "partseg samples", "Part segmentation of test shapes: true parts (left) "
+                                 "and predicted (right), colour = part within the category."))
         md = Path(res["_path"]).parent / "result.md"
         if md.is_file():
             parts.append(f"<details><summary>result.md</summary><pre>{esc(md.read_text())}</pre></details>")
     return "".join(parts)
 
 
+def _partseg_png(result_dir: Path) -> bytes | None:
+    """A part-segmentation result's figure: its ``partseg.png`` (``i2p viz partseg``), else one
+    drawn now from its ``partseg_samples.npz``; None for other results."""
+    from i2p.viz.partseg import FIGURE_PNG, SAMPLES_NPZ, load_samples, partseg_figure
+
+    if (result_dir / FIGURE_PNG).is_file():
+        return (result_dir / FIGURE_PNG).read_bytes()
+    if not (result_dir / SAMPLES_NPZ).is_file():
+        return None
+    return fig_png(partseg_figure(load_samples(result_dir)))
+
+
 def _score(res: dict) -> float | None:
-    for key in ("accuracy_mean", "accuracy"):
+    for key in ("accuracy_mean", "accuracy", "instance_miou"):
         if isinstance(res.get(key), (int, float)):
             return float(res[key])
     return None

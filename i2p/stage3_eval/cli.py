@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from i2p.common.cli_options import (
-    EpisodesFrom, FewshotMode, FinetuneRecipe, Pool, Preset, Sampling, SelectOn, Solver, Vote, existing_checkpoint,
-    existing_path, existing_weights, value,
+    EpisodesFrom, FewshotMode, FinetuneRecipe, PartsegPreset, Pool, Preset, Sampling, SelectOn, Solver, Vote,
+    existing_checkpoint, existing_path, existing_weights, value,
 )
 from i2p.common.errors import UserError
 
 app = typer.Typer(help="Stage 3: evaluate a pretrained (or random) encoder: linear SVM, few-shot, "
-                       "kNN, fine-tune; compare results.", no_args_is_help=True)
+                       "kNN, fine-tune, part segmentation; compare results.", no_args_is_help=True)
 console = Console()
 
 CKPT = typer.Option(..., "--ckpt", callback=existing_checkpoint, help="checkpoint file, run directory (its last.ckpt), export directory (`i2p export` / `i2p convert`), 'random' (random init), or teacher:NAME (the 2D teacher's own pooled features: the ceiling)")
@@ -194,3 +194,31 @@ def finetune_cmd(ckpt: str = CKPT, data: str = DATA, points: Optional[int] = POI
         typer.echo(str(stop), err=True)
         raise typer.Exit(EXIT_REQUEUE) from None
     _show(result)
+
+
+@app.command("partseg")
+def partseg_cmd(ckpt: str = CKPT,
+                data: str = typer.Option(..., "--data", help="data with part labels: shapenetpart:DIR or builtin:primitives"),
+                preset: PartsegPreset = typer.Option(PartsegPreset.default, "--preset",
+                                                     help="recipe: default (i2p's, CPU-sized head) or paper "
+                                                     "(Point-M2AE's: 300 epochs, batch 16, lr 2e-4, full head); "
+                                                     "options given here still win"),
+                epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs (default 100; paper 300)"),
+                batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="shapes per step (default 16)"),
+                points: Optional[int] = typer.Option(None, "--points", min=1, help="points per shape (default 2048)"),
+                lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate (default 5e-4; paper 2e-4)"),
+                arch: Optional[Preset] = typer.Option(None, "--arch", help="architecture of --ckpt random "
+                                                      "(default tiny; paper with --preset paper)"),
+                val_frac: float = typer.Option(0.1, "--val-frac", help="share of train held out for selection "
+                                               "when the data has no val split"),
+                seed: int = SEED, out: Optional[Path] = typer.Option(None, "--out", help="result and checkpoint directory"),
+                device: str = DEVICE, resume: bool = typer.Option(True, "--resume/--no-resume",
+                                                                  help="continue OUT/last.ckpt when present"),
+                progress: bool = PROGRESS) -> None:
+    """Part segmentation: encoder + per-point head; class and instance mIoU, epoch selected on val."""
+    from i2p.stage3_eval import partseg, partseg_train
+
+    rc = partseg_train.resolve(value(preset), epochs=epochs, batch_size=batch_size, points=points, lr=lr,
+                               arch=value(arch))
+    _show(partseg.run(ckpt, data, str(_out(out, "partseg")), rc, seed=seed, device=device, resume=resume,
+                      progress=progress, val_frac=val_frac))

@@ -37,7 +37,9 @@ SCHEMA_NAME = SCHEMA.split("/")[0]
 # Scalar metrics a result may report, in the order ``metrics`` lists them. Few-shot's
 # ``accuracy`` and ``mean_class_accuracy`` are means over episodes (``*_std`` their spread).
 METRIC_KEYS = ("accuracy", "mean_class_accuracy", "accuracy_std", "mean_class_accuracy_std", "accuracy_mean",
-               "accuracy_paper_C", "accuracy_no_vote")
+               "accuracy_paper_C", "accuracy_no_vote", "instance_miou", "class_miou", "point_accuracy")
+# Part segmentation (``protocol: partseg``) reports ``instance_miou``, ``class_miou``,
+# ``point_accuracy`` and ``per_category_iou`` (see :mod:`i2p.stage3_eval.partseg_metrics`).
 
 
 def versions() -> dict:
@@ -68,7 +70,11 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def headline(result: dict) -> str:
-    """``accuracy 93.12%`` or ``accuracy 95.00 ± 2.10% (10 folds)``."""
+    """``accuracy 93.12%`` or ``accuracy 95.00 ± 2.10% (10 folds)``; part segmentation:
+    ``instance mIoU 84.10%, class mIoU 80.20%``."""
+    if result.get("instance_miou") is not None:
+        return (f"instance mIoU {100 * result['instance_miou']:.2f}%, "
+                f"class mIoU {100 * (result.get('class_miou') or 0):.2f}%")
     if result.get("accuracy_mean") is not None:
         n = len(result.get("fold_accuracy") or [])
         return (f"accuracy {100 * result['accuracy_mean']:.2f} ± {100 * (result.get('accuracy_std') or 0):.2f}%"
@@ -96,11 +102,12 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
             ("checkpoint", ck.get("path", "")), ("checkpoint sha256", ck.get("sha256") or "-")]
     for split, fp in (result.get("fingerprints") or {}).items():
         rows.append((f"fingerprint {split}", fp))
-    for key in ("accuracy", "mean_class_accuracy", "accuracy_paper_C", "accuracy_no_vote", "C", "selected_epoch",
-                "accuracy_mean", "accuracy_std", "mean_class_accuracy_std", "std_kind"):
+    for key in ("accuracy", "mean_class_accuracy", "accuracy_paper_C", "accuracy_no_vote", "instance_miou",
+                "class_miou", "point_accuracy", "C", "selected_epoch", "accuracy_mean", "accuracy_std",
+                "mean_class_accuracy_std", "std_kind"):
         if result.get(key) is not None:
             val = result[key]
-            rows.append((key, f"{100 * val:.2f}%" if "accuracy" in key else _fmt(val)))
+            rows.append((key, f"{100 * val:.2f}%" if "accuracy" in key or "miou" in key else _fmt(val)))
     for key, val in (result.get("settings") or {}).items():
         rows.append((f"setting {key}", _fmt(val)))
     if result.get("seeds"):
@@ -140,6 +147,13 @@ def result_markdown(result: dict) -> str:
             ["class", "accuracy", "test shapes"],
             [(name, f"{100 * acc:.2f}%" if acc is not None else "-", _fmt(support.get(name)))
              for name, acc in per_class.items()])
+    per_cat = result.get("per_category_iou") or {}
+    if per_cat:
+        shapes = result.get("per_category_shapes") or {}
+        text += "\n## Per-category IoU\n\n" + markdown_table(
+            ["category", "mIoU", "test shapes"],
+            [(name, f"{100 * iou:.2f}%" if iou is not None else "-", _fmt(shapes.get(name)))
+             for name, iou in per_cat.items()])
     return text
 
 

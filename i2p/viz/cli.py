@@ -1,4 +1,5 @@
-"""``i2p viz sample|recon``: figures of one cached sample, headless (PNG)."""
+"""``i2p viz sample|recon|partseg``: figures of one cached sample or of a part-segmentation result,
+headless (PNG)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import typer
 
 from i2p.common.cli_options import Mask, existing_path, value
 
-app = typer.Typer(help="Figures: a sample's stage-1 images, saliency and masks; a checkpoint's reconstruction.",
+app = typer.Typer(help="Figures: a sample's stage-1 images, saliency and masks; a checkpoint's reconstruction; "
+                       "part segmentation, true vs predicted.",
                   no_args_is_help=True)
 
 
@@ -71,3 +73,16 @@ def recon_cmd(
     """Input, visible points and the checkpoint's prediction of the masked tokens."""
     path = render_recon(ckpt, cache, index, out, seed, step, value(mask))
     typer.echo(f"wrote {path}", err=True)
+
+
+@app.command("partseg")
+def partseg_cmd(
+    result: Path = typer.Option(..., "--result", callback=existing_path,
+                                help="result directory of `i2p eval partseg` (holds partseg_samples.npz)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG file to write (default RESULT/partseg.png)"),
+    count: int = typer.Option(4, "--count", min=1, help="test shapes to show (one row each)"),
+) -> None:
+    """Test shapes coloured by true and by predicted part, side by side, with each shape's IoU."""
+    from i2p.viz.partseg import render_partseg
+
+    typer.echo(f"wrote {render_partseg(result, out, count)}", err=True)

@@ -7,6 +7,7 @@ imported lazily inside the readers, so importing this package stays cheap.
 
 from i2p.common.datasets.base import (  # noqa: F401
     SPLITS,
+    SPLITS_WITH_VAL,
     PointDataset,
     Sample,
     list_readers,
@@ -22,4 +23,5 @@ from i2p.common.datasets import (  # noqa: F401,E402  (registration side effects
     primitives,
     scanobjectnn,
     shapenet55,
+    shapenetpart,
 )

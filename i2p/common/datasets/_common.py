@@ -16,7 +16,7 @@ import numpy as np
 
 from i2p.common.datasets.base import PointDataset, Sample
 from i2p.common.errors import DataSpecError, SampleError
-from i2p.common.geometry import normalize_unit_sphere, resample, stable_seed
+from i2p.common.geometry import normalize_unit_sphere, resample, resample_indices, stable_seed
 
 # Surfaces are sampled at least this densely before normalising, so the centroid and radius
 # (hence the frame) of a shape do not depend on the requested point count.
@@ -89,6 +89,18 @@ def finish_cloud(raw: np.ndarray, num_points: int, seed: int, sample_id: str) ->
     return np.ascontiguousarray(resample(pts, num_points, stable_seed(seed, sample_id)), dtype=np.float32)
 
 
+def finish_cloud_parts(raw: np.ndarray, parts: np.ndarray, num_points: int, seed: int,
+                       sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`finish_cloud` plus the part label of every chosen point (same points, same seed)."""
+    parts = np.asarray(parts).reshape(-1)
+    if len(parts) != len(raw):
+        raise SampleError(f"{len(parts)} part labels for {len(raw)} points")
+    pts = normalize_unit_sphere(raw)
+    idx = resample_indices(len(pts), num_points, stable_seed(seed, sample_id))
+    return (np.ascontiguousarray(pts[idx], dtype=np.float32),
+            np.ascontiguousarray(parts[idx], dtype=np.int64))
+
+
 def sample_triangles(tris: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` points uniform on the surface of triangles ``tris`` [k, 3, 3]: a triangle is
     chosen with probability proportional to its area, then a uniform barycentric point."""
@@ -113,7 +125,8 @@ class ListDataset(PointDataset):
     """A dataset that knows its (id, label) list up front and reads one raw cloud per index.
 
     Subclasses call ``super().__init__`` with the lists and implement ``_raw(i)`` returning an
-    [n, >=3] array (or raising SampleError); ``load`` does the rest.
+    [n, >=3] array (or raising SampleError); ``load`` does the rest. A reader with part labels
+    returns ``(array, parts [n])`` instead and sets ``class_parts``; the Sample then has ``parts``.
     """
 
     def __init__(self, *, spec: str, split: str, num_points: int, seed: int, ids: Sequence[str],
@@ -163,5 +176,8 @@ class ListDataset(PointDataset):
             raise
         except READ_ERRORS as err:
             raise SampleError(f"unreadable ({type(err).__name__}: {err})"[:300]) from err
+        if isinstance(raw, tuple):
+            pts, parts = finish_cloud_parts(raw[0], raw[1], self.num_points, self.seed, sid)
+            return Sample(pts, int(self._labels[i]), sid, parts)
         return Sample(finish_cloud(raw, self.num_points, self.seed, sid), int(self._labels[i]), sid)
 

@@ -227,10 +227,38 @@ SHAPES: dict[str, Callable[[np.random.Generator], list[Part]]] = {
 }
 
 
-def generate(name: str, shape_rng: np.random.Generator, sample_rng: np.random.Generator, n: int) -> np.ndarray:
+# Semantic parts of every class for part segmentation: (part names, group of each surface piece
+# in the order the class function lists them; pieces past the end take the last group). A table
+# is top | legs (four legs, or the pedestal's pole and foot), a chair seat | back | legs, a mug
+# body (outer and inner wall, bottom) | handle. Classes listed once are one part.
+PART_GROUPS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "sphere": (("surface",), (0,)), "box": (("surface",), (0,)),
+    "cylinder": (("side", "caps"), (0, 1)), "cone": (("side", "base"), (0, 1)),
+    "torus": (("surface",), (0,)), "pyramid": (("surface",), (0,)),
+    "capsule": (("body", "caps"), (0, 1)), "ellipsoid": (("surface",), (0,)),
+    "helix": (("surface",), (0,)), "table": (("top", "legs"), (0, 1)),
+    "chair": (("seat", "back", "legs"), (0, 1, 2)), "mug": (("body", "handle"), (0, 0, 0, 1)),
+    "lshape": (("base", "upright"), (0, 1)),
+}
+
+
+def part_layout() -> tuple[list[list[int]], list[str]]:
+    """(global part ids of every class in :data:`SHAPES` order, a name per global id): each
+    class's parts get consecutive ids, like ShapeNetPart's 50 parts over 16 categories."""
+    class_parts, names = [], []
+    for name in SHAPES:
+        local = PART_GROUPS[name][0]
+        class_parts.append(list(range(len(names), len(names) + len(local))))
+        names += [f"{name}/{p}" for p in local]
+    return class_parts, names
+
+
+def generate(name: str, shape_rng: np.random.Generator, sample_rng: np.random.Generator, n: int,
+             with_parts: bool = False):
     """One instance of class ``name``: parts from ``shape_rng``, then a random deformation
     (anisotropic scale, twist, taper, bend, yaw) also from ``shape_rng``; surface points and a
-    little noise from ``sample_rng``."""
+    little noise from ``sample_rng``. ``with_parts``: also the local part id of every point
+    (:data:`PART_GROUPS`), computed without a random draw, so the points do not change."""
     parts = SHAPES[name](shape_rng)
     scale = shape_rng.uniform(0.85, 1.18, 3)
     twist, taper, bend = shape_rng.uniform(-0.5, 0.5), shape_rng.uniform(-0.25, 0.25), shape_rng.uniform(-0.2, 0.2)
@@ -246,4 +274,9 @@ def generate(name: str, shape_rng: np.random.Generator, sample_rng: np.random.Ge
     x, y = x * (1 + taper * z) + bend * z**2, y * (1 + taper * z)
     cy, sy = np.cos(yaw), np.sin(yaw)
     pts = np.stack([x * cy - y * sy, x * sy + y * cy, z], 1)
-    return pts + sample_rng.normal(0.0, 0.004, pts.shape)
+    pts = pts + sample_rng.normal(0.0, 0.004, pts.shape)
+    if not with_parts:
+        return pts
+    groups = PART_GROUPS[name][1]
+    piece = np.repeat(np.arange(len(parts)), counts)
+    return pts, np.asarray(groups, dtype=np.int64)[np.minimum(piece, len(groups) - 1)]

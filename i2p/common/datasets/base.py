@@ -18,6 +18,9 @@ import numpy as np
 from i2p.common.errors import DataSpecError
 
 SPLITS = ("train", "test", "all")
+# A reader whose data defines a validation split (ShapeNetPart's official lists) registers with
+# ``splits=SPLITS_WITH_VAL``; every other reader keeps refusing 'val'.
+SPLITS_WITH_VAL = ("train", "val", "test", "all")
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Sample:
     points: np.ndarray  # float32 [P, 3], centred, unit sphere
     label: int
     id: str
+    # int64 [P] global part id of every point, for readers with part annotations (else None);
+    # the parts of class ``label`` are ``PointDataset.class_parts[label]``.
+    parts: np.ndarray | None = None
 
 
 class PointDataset:
@@ -41,6 +47,14 @@ class PointDataset:
     split: str
     num_points: int
     classes: list[str]
+    # Part segmentation (None for a reader without part labels): the global part ids of every
+    # class (label -> ids; ranges as ShapeNetPart's 0..49) and a name per global part id.
+    class_parts: list[list[int]] | None = None
+    part_names: list[str] | None = None
+
+    @property
+    def has_parts(self) -> bool:
+        return self.class_parts is not None
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,11 +90,14 @@ class PointDataset:
 
 ReaderFactory = Callable[..., PointDataset]
 READERS: dict[str, ReaderFactory] = {}
+READER_SPLITS: dict[str, tuple[str, ...]] = {}  # the split names each reader accepts
 
 
-def register_reader(kind: str) -> Callable[[ReaderFactory], ReaderFactory]:
+def register_reader(kind: str, splits: tuple[str, ...] = SPLITS) -> Callable[[ReaderFactory], ReaderFactory]:
+    """Register a reader under ``kind``; ``splits`` are the split names it accepts."""
     def deco(fn: ReaderFactory) -> ReaderFactory:
         READERS[kind] = fn
+        READER_SPLITS[kind] = tuple(splits)
         return fn
 
     return deco

@@ -5,6 +5,10 @@ deformation, part layout), so pretraining and every evaluation protocol can run 
 any machine. An instance's shape is fixed by (class, split, index) alone, independent of the
 dataset seed, so train and test never share an instance and a cache stays reproducible; the
 seed only moves which surface points are drawn, as it does for mesh files.
+
+Every sample carries per-point part labels (``Sample.parts``: a table's top vs its legs, a
+mug's body vs its handle; see ``_shapes.PART_GROUPS``) for part segmentation; the points are
+the same with or without them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from i2p.common.datasets._common import DENSE_DRAW, ListDataset, int_option, split_options, split_parts
-from i2p.common.datasets._shapes import SHAPES, generate
+from i2p.common.datasets._shapes import SHAPES, generate, part_layout
 from i2p.common.datasets.base import register_reader
 from i2p.common.errors import DataSpecError
 from i2p.common.geometry import stable_seed
@@ -36,12 +40,14 @@ class PrimitivesDataset(ListDataset):
                          ids=[e[0] for e in entries], labels=[e[1] for e in entries],
                          classes=list(SHAPES), present_splits=present)
         self._entries = entries
+        self.class_parts, self.part_names = part_layout()
 
-    def _raw(self, i: int) -> np.ndarray:
-        sid, _, name, part, k = self._entries[i]
+    def _raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        sid, label, name, part, k = self._entries[i]
         shape_rng = np.random.default_rng(stable_seed("primitives", name, part, k))
         sample_rng = np.random.default_rng(stable_seed(self.seed, sid, "surface"))
-        return generate(name, shape_rng, sample_rng, max(self.num_points, DENSE_DRAW))
+        pts, local = generate(name, shape_rng, sample_rng, max(self.num_points, DENSE_DRAW), with_parts=True)
+        return pts, np.asarray(self.class_parts[label])[local]
 
 
 @register_reader("builtin")
