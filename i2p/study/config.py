@@ -58,6 +58,9 @@ from pathlib import Path
 from typing import Any
 
 from i2p.common import config as cfgutil
+from i2p.common.cli_options import Pool
+
+POOLS = tuple(p.value for p in Pool)  # the pooling names every eval protocol accepts
 
 
 class StudyConfigError(cfgutil.ConfigError):
@@ -251,8 +254,8 @@ def _check(study: StudyConfig) -> StudyConfig:
         raise StudyConfigError("eval.data must be a data spec, e.g. meshes:/path/to/shrec16")
     ev.svm.C = _c_value(ev.svm.C, "eval.svm.C")
     ev.fewshot.C = _c_value(ev.fewshot.C, "eval.fewshot.C")
-    if ev.pool not in ("max", "meanmax", "mean_plus_max"):
-        raise StudyConfigError("eval.pool must be 'max', 'meanmax' or 'mean_plus_max'")
+    if ev.pool not in POOLS:
+        raise StudyConfigError(f"eval.pool must be one of {', '.join(POOLS)}")
     if any(t <= 0 for t in m.temperatures):
         raise StudyConfigError("masking.temperatures must be positive")
     if not 0 < m.top_fraction < 1:
@@ -262,8 +265,8 @@ def _check(study: StudyConfig) -> StudyConfig:
     for v in study.variants:
         if not _NAME.match(v.name):
             raise StudyConfigError(f"variant name {v.name!r}: use letters, digits and _ . + = - only")
-        if v.pool is not None and v.pool not in ("max", "meanmax", "mean_plus_max"):
-            raise StudyConfigError(f"variant {v.name}: pool must be max, meanmax or mean_plus_max")
+        if v.pool is not None and v.pool not in POOLS:
+            raise StudyConfigError(f"variant {v.name}: pool must be one of {', '.join(POOLS)}")
         if v.teacher is not None:
             if not isinstance(v.teacher, str) or not v.teacher:
                 raise StudyConfigError(f"variant {v.name}: teacher must be a teacher name (e.g. effnet-lite2)")
