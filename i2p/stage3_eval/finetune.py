@@ -67,23 +67,29 @@ class Classifier(nn.Module):
         return self.head(torch.cat([tokens.mean(dim=1), tokens.max(dim=1).values], dim=-1))
 
 
-def load_clouds(ds, indices=None, progress: bool = True):
-    """All usable clouds of ``ds`` in memory: ``(points [n,P,3], labels [n], skipped)``."""
+def usable_samples(ds, indices=None, progress: bool = True):
+    """``(samples, skipped)``: every sample of ``ds`` (or of ``indices``) that loads, with
+    ``(id, reason)`` of those that do not; a split with none usable is a one-line UserError."""
     from tqdm.auto import tqdm
 
     idx = range(len(ds)) if indices is None else indices
-    pts, labels, skipped = [], [], []
+    samples, skipped = [], []
     for i in tqdm(idx, desc=f"load {ds.split}", disable=not progress, leave=False):
         try:
-            s = ds.load(int(i))
+            samples.append(ds.load(int(i)))
         except SampleError as err:
             skipped.append((ds.ids[int(i)], str(err)))
-            continue
-        pts.append(s.points)
-        labels.append(s.label)
-    if not pts:
-        raise UserError(f"data {ds.spec}: no usable {ds.split} shapes")
-    return np.stack(pts).astype(np.float32), np.asarray(labels, dtype=np.int64), skipped
+    if not samples:
+        raise UserError(f"data {ds.spec}: no usable {ds.split} shapes"
+                        + (f" (first problem: {skipped[0][1]})" if skipped else ""))
+    return samples, skipped
+
+
+def load_clouds(ds, indices=None, progress: bool = True):
+    """All usable clouds of ``ds`` in memory: ``(points [n,P,3], labels [n], skipped)``."""
+    samples, skipped = usable_samples(ds, indices, progress)
+    return (np.stack([s.points for s in samples]).astype(np.float32),
+            np.asarray([s.label for s in samples], dtype=np.int64), skipped)
 
 
 def carve_validation(labels: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from i2p.common.atomic import atomic_path
-from i2p.common.errors import SampleError, UserError
+from i2p.common.errors import UserError
 from i2p.stage3_eval.partseg_train import PartsegRecipe
 
 SAMPLES_NPZ = "partseg_samples.npz"
@@ -31,25 +31,12 @@ METRICS = ("instance_miou", "class_miou", "point_accuracy")
 def load_part_clouds(ds, indices=None, progress: bool = True):
     """``(points [n,P,3] f32, parts [n,P] i16, labels [n] i64, ids, skipped)`` of ``ds`` (int16
     parts: ShapeNetPart's train split is 14k x 2048 labels)."""
-    from tqdm.auto import tqdm
+    from i2p.stage3_eval.finetune import usable_samples
 
-    pts, parts, labels, ids, skipped = [], [], [], [], []
-    for i in tqdm(range(len(ds)) if indices is None else indices, desc=f"load {ds.split}",
-                  disable=not progress, leave=False):
-        try:
-            s = ds.load(int(i))
-        except SampleError as err:
-            skipped.append((ds.ids[int(i)], str(err)))
-            continue
-        pts.append(s.points)
-        parts.append(s.parts)
-        labels.append(s.label)
-        ids.append(s.id)
-    if not pts:
-        raise UserError(f"data {ds.spec}: no usable {ds.split} shapes"
-                        + (f" (first problem: {skipped[0][1]})" if skipped else ""))
-    return (np.stack(pts).astype(np.float32), np.stack(parts).astype(np.int16),
-            np.asarray(labels, np.int64), ids, skipped)
+    samples, skipped = usable_samples(ds, indices, progress)
+    return (np.stack([s.points for s in samples]).astype(np.float32),
+            np.stack([s.parts for s in samples]).astype(np.int16),
+            np.asarray([s.label for s in samples], np.int64), [s.id for s in samples], skipped)
 
 
 def open_part_data(spec: str, points: int, seed: int, val_frac: float, progress: bool):
