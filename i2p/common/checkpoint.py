@@ -79,13 +79,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def state_differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> tuple[list, list, list]:
+    """``(missing, unexpected, shape)`` keys between a state ``have`` and the state ``want``
+    describes; values are tensors or shapes. What every strict loader and exporter reports."""
+    def dims(v):
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    shape = [k for k in want if k in have and dims(have[k]) != dims(want[k])]
+    return missing, unexpected, shape
+
+
 def load_model_state(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str = "checkpoint") -> None:
     """Strict load with a one-line summary of what does not match."""
     state_dict = strip_prefixes(state_dict)
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shape = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    missing, unexpected, shape = state_differences(state_dict, own)
     if missing or unexpected or shape:
         parts = []
         if missing:

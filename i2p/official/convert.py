@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+from i2p.common.checkpoint import state_differences
 from i2p.common.errors import UserError
 from i2p.official import config as oc
 from i2p.official import keys as ok
@@ -91,10 +92,9 @@ def convert_state(state: Mapping[str, torch.Tensor], source: str,
     if unmapped:
         raise ConversionError(f"{len(unmapped)} checkpoint keys did not map to the i2p encoder{_listing(unmapped)}")
     own = HierarchicalEncoder(cfg).state_dict()
-    missing = [k for k in own if k not in enc_state]
-    extra = [k for k in enc_state if k not in own]
+    missing, extra, mismatched = state_differences(enc_state, own)
     shape = [f"{_official(k)}: checkpoint {list(enc_state[k].shape)} vs config {list(own[k].shape)}"
-             for k in own if k in enc_state and tuple(own[k].shape) != tuple(enc_state[k].shape)]
+             for k in mismatched]
     if missing or extra or shape:
         parts = []
         if missing:

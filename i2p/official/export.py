@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import torch
 
 from i2p.common.atomic import atomic_path, write_text
+from i2p.common.checkpoint import state_differences
 from i2p.common.errors import UserError
 from i2p.official import config as oc
 from i2p.official import keys as ok
@@ -64,10 +65,8 @@ def _listing(items: list[str], limit: int = 6) -> str:
 
 def _compare(have: Mapping[str, torch.Tensor], want: Mapping[str, tuple[int, ...]]) -> list[str]:
     """What keeps ``have`` (official names) from being exactly the state ``want`` describes."""
-    missing = [k for k in want if k not in have]
-    extra = [k for k in have if k not in want]
-    shape = [f"{k} {list(have[k].shape)} vs {list(want[k])}" for k in want
-             if k in have and tuple(have[k].shape) != tuple(want[k])]
+    missing, extra, mismatched = state_differences(have, want)
+    shape = [f"{k} {list(have[k].shape)} vs {list(want[k])}" for k in mismatched]
     parts = []
     if missing:
         parts.append(f"{len(missing)} official tensors it lacks ({_listing(missing)})")
