@@ -162,6 +162,30 @@ def test_kinds_shapes_batching_and_modes(run_dir):
     assert enc.embed(x, pool="meanmax").shape == (5, 384)
 
 
+def test_levels_pooling_is_every_levels_mean_and_max(run_dir):
+    """``levels``: per level, the mean and the max of its encoded tokens, finest level first;
+    padding rows (tokens a level did not encode) take part in neither."""
+    import i2p
+    from i2p.api.encoder import normalize_clouds, pool_levels, pooled_dim
+    from i2p.stage2_pretrain.model.encoder import LevelOutput
+
+    enc = i2p.load_encoder(run_dir, device="cpu")
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(3, 300, 3)).astype(np.float32))
+    got = enc.embed(x, pool="levels")
+    assert got.shape == (3, pooled_dim(enc.config.enc_dims, "levels")) == (3, 2 * (48 + 96 + 192))
+    with torch.no_grad():
+        levels = enc.network.eval()(normalize_clouds(x))
+    want = torch.cat([torch.cat([lv.tokens.mean(1), lv.tokens.amax(1)], -1) for lv in levels], -1)
+    torch.testing.assert_close(got, want)
+    # the last 192 columns are the paper's max-pooled coarsest tokens
+    torch.testing.assert_close(got[:, -192:], enc.embed(x))
+    # a padding row (valid False) with a huge value changes nothing
+    t = torch.tensor([[[1.0, -2.0], [3.0, 0.0], [1e6, 1e6]]])
+    lv = LevelOutput(tokens=t, valid=torch.tensor([[True, True, False]]), order=None, centers=None,
+                     full=None, visible=None)
+    assert pool_levels([lv], "levels").tolist() == [[2.0, -1.0, 3.0, 0.0]]
+
+
 def test_bad_inputs_are_one_line_user_errors(run_dir):
     import i2p
     from i2p.common.errors import UserError

@@ -9,7 +9,8 @@ those conventions once; the stage-3 protocols, ``i2p embed`` and user code all g
 
 * ``embed(points [B,N,3]) -> [B,D]``: the LayerNorm'd coarsest tokens pooled (``max``, the
   paper's; ``meanmax``, mean and max concatenated; or ``mean_plus_max``, their sum, the
-  official Point-M2AE feature).
+  official Point-M2AE feature), or every level's tokens pooled (``levels``: mean and max of
+  each level, finest first, concatenated).
 * ``point_features(points [B,N,3]) -> [B,N,D']``: every level's tokens carried back to every
   input point by inverse-distance weighting of its 3 nearest token centres (the PointNet++
   feature propagation the decoder uses), levels concatenated (``D' = sum(enc_dims)``).
@@ -34,8 +35,12 @@ from i2p.common.point_ops import three_nn_interpolate
 
 # max: the paper's (and the official I2P-MAE SVM feature); meanmax: mean and max concatenated;
 # mean_plus_max: mean and max SUMMED, the official Point-M2AE SVM feature (models/Point_M2AE.py);
-# mean: the average token alone (the teacher's mean-pooled feature, a reference of the issues).
-POOLS = ("max", "meanmax", "mean_plus_max", "mean")
+# mean: the average token alone (the teacher's mean-pooled feature, a reference of the issues);
+# levels: mean and max of EVERY level's tokens, finest first, concatenated (2 * sum(enc_dims)):
+# the hierarchy's finer levels carry local shape the coarsest tokens pool away (chosen as the
+# default for i2p encoders on validation, docs/RESULTS.md "Generalisation"). On a single-level
+# token set (a 2D teacher's feature map) ``levels`` is ``meanmax``.
+POOLS = ("max", "meanmax", "mean_plus_max", "mean", "levels")
 
 
 def check_pool(pool: str) -> str:
@@ -44,15 +49,23 @@ def check_pool(pool: str) -> str:
     return pool
 
 
-def pooled_dim(width: int, pool: str) -> int:
-    """Width of a pooled vector of ``width``-wide tokens: doubled by ``meanmax`` only."""
-    return int(width) * (2 if check_pool(pool) == "meanmax" else 1)
+def pooled_dim(dims, pool: str) -> int:
+    """Width of a pooled vector. ``dims``: the token width of every level, finest first (or
+    one int, the coarsest width). ``meanmax`` doubles the coarsest width, ``levels`` is twice
+    the sum of all widths, the others keep the coarsest width."""
+    dims = [int(dims)] if isinstance(dims, (int, np.integer)) else [int(d) for d in dims]
+    pool = check_pool(pool)
+    if pool == "levels":
+        return 2 * sum(dims)
+    return dims[-1] * (2 if pool == "meanmax" else 1)
 
 
 def pool_tokens(tokens: torch.Tensor, pool: str = "max") -> torch.Tensor:
     """``[B, T, D]`` tokens -> ``[B, D]`` (``max``; ``mean``; ``mean_plus_max``: the sum of mean
     and max) or ``[B, 2D]`` (``meanmax``: mean and max concatenated)."""
     pool = check_pool(pool)
+    if pool == "levels":  # one level only: its mean and max
+        pool = "meanmax"
     if pool == "mean":
         return tokens.mean(dim=1)
     top = tokens.max(dim=1).values
@@ -61,6 +74,22 @@ def pool_tokens(tokens: torch.Tensor, pool: str = "max") -> torch.Tensor:
     if pool == "mean_plus_max":
         return tokens.mean(dim=1) + top
     return torch.cat([tokens.mean(dim=1), top], dim=-1)
+
+
+def pool_levels(levels, pool: str = "max") -> torch.Tensor:
+    """Encoder outputs (``LevelOutput`` per level, finest first) -> ``[B, D]``: ``levels`` pools
+    every level (mean and max over its encoded tokens, padding excluded), the rest pool the
+    coarsest level's tokens as :func:`pool_tokens`."""
+    if check_pool(pool) != "levels":
+        return pool_tokens(levels[-1].tokens, pool)
+    parts = []
+    for lv in levels:
+        valid = lv.valid[..., None]
+        count = valid.sum(dim=1).clamp_min(1).to(lv.tokens.dtype)
+        mean = lv.tokens.masked_fill(~valid, 0).sum(dim=1) / count
+        top = lv.tokens.masked_fill(~valid, torch.finfo(lv.tokens.dtype).min).amax(dim=1)
+        parts += [mean, top]
+    return torch.cat(parts, dim=-1)
 
 
 def normalize_clouds(points: torch.Tensor) -> torch.Tensor:
@@ -136,7 +165,7 @@ class Encoder:
     @property
     def dim(self) -> int:
         """Width of :meth:`embed` with this encoder's pooling."""
-        return pooled_dim(self.config.enc_dims[-1], self.pool)
+        return pooled_dim(self.config.enc_dims, self.pool)
 
     @property
     def point_dim(self) -> int:
@@ -191,7 +220,7 @@ class Encoder:
               batch_size: int | None = None):
         """One vector per cloud: ``[B, N, 3] -> [B, D]`` (``[N, 3] -> [D]``)."""
         pool = check_pool(pool or self.pool)
-        return self._run(points, lambda x: pool_tokens(self.network(x)[-1].tokens, pool), normalize, batch_size)
+        return self._run(points, lambda x: pool_levels(self.network(x), pool), normalize, batch_size)
 
     def point_features(self, points: Any, *, normalize: bool | None = None, batch_size: int | None = None):
         """One vector per input point: ``[B, N, 3] -> [B, N, sum(enc_dims)]``.

@@ -71,7 +71,7 @@ def write_export(encoder_state: Mapping[str, Any], model_config: Any, out_dir: s
     config = {
         "format": FORMAT, "i2p_version": __version__, "architecture": arch, "model_config": full,
         "pooling": pooling, "normalization": {"enabled": bool(normalize), **NORMALIZATION},
-        "embedding_dim": pooled_dim(arch["enc_dims"][-1], pooling),
+        "embedding_dim": pooled_dim(arch["enc_dims"], pooling),
         "point_feature_dim": int(sum(arch["enc_dims"])), "min_points": int(arch["num_groups"][0]),
         "weights": {"file": WEIGHTS, "sha256": file_sha256(out / WEIGHTS),
                     "parameters": int(sum(v.numel() for v in state.values() if v.is_floating_point()))},

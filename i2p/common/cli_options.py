@@ -62,6 +62,7 @@ class Pool(Choice):
     meanmax = "meanmax"
     mean_plus_max = "mean_plus_max"
     mean = "mean"
+    levels = "levels"
 
 
 class Preset(Choice):

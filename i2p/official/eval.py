@@ -14,7 +14,7 @@ import torch
 
 # The one pooling of i2p (the Encoder's, every eval protocol's): max, meanmax (concatenated)
 # and mean_plus_max (the SUM of mean and max, the official Point-M2AE SVM feature).
-from i2p.api.encoder import POOLS as POOLINGS, pool_tokens  # noqa: F401  (re-exported)
+from i2p.api.encoder import POOLS as POOLINGS, pool_levels, pool_tokens  # noqa: F401  (re-exported)
 
 
 def _encoder(model):
@@ -50,7 +50,7 @@ def official_embed(model, points: torch.Tensor, pooling: str = "max") -> tuple[t
             "masked": ~out.visible, "token_embed": tr["token_embed"], "block_out": tr["block_out"],
             "tokens": out.full, "tokens_raw": out.tokens, "tokens_raw_valid": out.valid,
         })
-    return pool_tokens(outs[-1].tokens, pooling), levels
+    return pool_levels(outs, pooling), levels
 
 
 def official_outputs(model, points: torch.Tensor, pooling: str = "max") -> dict[str, torch.Tensor]:
