@@ -276,3 +276,43 @@ def test_single_pass_balance_equals_the_two_pass_form(progress):
     for k in ta:  # what the diagnostics report: the norm of each term's encoder gradient
         x, y = flat(ta[k]), flat(tb[k])
         assert float((x - y).norm()) <= 1e-5 * float(y.norm()) and float(y.norm()) > 0, k
+
+
+def test_2d_head_on_the_encoder_tokens():
+    """head2d_input='encoder': the 2D head reads the encoder's LayerNorm'd head-level tokens (the
+    features probes pool), not the decoder's; the 2D gradient then reaches the encoder without
+    passing through the decoder, and the balance still holds its ratio at those tokens."""
+    torch.manual_seed(0)
+    cfg = tiny(drop_path=0.0, head2d_input="encoder")
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    out = model(pts, feats, sal, proj, generator=gen())
+    dec_params = list(model.decoder.parameters())
+    g2 = torch.autograd.grad(out["w_2d"] * out["loss_2d"], dec_params, retain_graph=True, allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in g2)  # the decoder gets no 2D gradient
+    with torch.no_grad():
+        ev = model(pts, feats, sal, proj, generator=gen())
+        enc = model.encoder.forward_hierarchy(model.encoder.group(pts, gen()), [
+            ev[f"visible_mask_l{i + 1}"] for i in range(cfg.num_levels)], None)
+        b_idx, g_idx = ev[f"visible_mask_l{cfg.head_level + 1}"].nonzero(as_tuple=True)
+        expect = model.head_2d(enc[cfg.head_level].full[b_idx, g_idx]).float()
+        torch.testing.assert_close(ev["pred_2d"].flatten(1), expect, rtol=1e-5, atol=1e-5)
+    # the default reads the decoder: its 2D gradient reaches the decoder
+    ref = build_model(tiny(drop_path=0.0))
+    out_ref = ref(pts, feats, sal, proj, generator=gen())
+    g_dec = torch.autograd.grad(out_ref["loss_2d"], list(ref.decoder.parameters()), allow_unused=True)
+    assert any(g is not None and float(g.abs().max()) > 0 for g in g_dec)
+    # it learns (a fixed weight, so that the 2D term leads): 25 steps halve the 2D loss
+    model = build_model(tiny(drop_path=0.0, head2d_input="encoder", lambda_2d=1.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        o = model(pts, feats, sal, proj, generator=gen())
+        opt.zero_grad()
+        o["loss"].backward()
+        opt.step()
+        losses.append(float(o["loss_2d"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="head2d_input"):
+        tiny(head2d_input="both").validate()

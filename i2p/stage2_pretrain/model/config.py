@@ -79,6 +79,12 @@ class ModelConfig:
     # (a transfer lever: a whole-shape teacher feature is barely predictable from 20% of the
     # tokens; costs one more encoder forward and backward).
     global_input: str = "visible"
+    # What the 2D head reads. 'decoder' (the paper's): the decoder's head-level tokens. 'encoder':
+    # the encoder's own LayerNorm'd head-level tokens (the features every probe pools), so the
+    # teacher's semantics must be linearly readable from the encoder rather than recoverable by
+    # the decoder's transformer (a transfer lever: linear probes read the encoder). The 3D term
+    # stays on the decoder; the balance is measured at those encoder tokens (two-pass form).
+    head2d_input: str = "decoder"
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
     # to the centre, through a mini-PointNet of width C_prev + 3 (12,668,968 encoder parameters
@@ -210,6 +216,8 @@ class ModelConfig:
             raise ValueError("global_loss must be 'mse' or 'nce' and global_tau > 0")
         if self.global_input not in ("visible", "full"):
             raise ValueError("global_input must be 'visible' or 'full'")
+        if self.head2d_input not in ("decoder", "encoder"):
+            raise ValueError("head2d_input must be 'decoder' or 'encoder'")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.teacher_channels < 0 or self.views < 1:

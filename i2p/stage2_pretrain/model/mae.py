@@ -60,7 +60,8 @@ class I2PMAE(nn.Module):
         self.head_3d = nn.Linear(dim, k * 3)
         # Only the '2d3d' objective has a 2D head: every parameter then takes part in every
         # step, which DistributedDataParallel requires (without find_unused_parameters).
-        self.head_2d = nn.Linear(dim, k * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
+        dim_2d = dim if cfg.head2d_input == "decoder" else cfg.enc_dims[cfg.head_level]
+        self.head_2d = nn.Linear(dim_2d, k * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
         use_global = cfg.use_2d and cfg.global_ratio > 0
         self.head_global = nn.Linear(cfg.enc_dims[-1], cfg.views * cfg.teacher_channels) if use_global else None
         for head in (self.head_3d, self.head_2d, self.head_global):
@@ -109,7 +110,8 @@ class I2PMAE(nn.Module):
             every = torch.ones_like(vis_top)
             enc_g = self.encoder.forward_hierarchy(h, all_visibilities(every, h.groups, self.cfg.num_groups),
                                                    generator)
-        out = self._objective(loss_3d, xh, ~masked, enc_g, points, h, view_features, proj, global_target,
+        x2d = xh if self.cfg.head2d_input == "decoder" else enc[self.cfg.head_level].full
+        out = self._objective(loss_3d, x2d, ~masked, enc_g, points, h, view_features, proj, global_target,
                               global_bank, global_rows, progress, x if single else None)
         out["head_features"] = x
         nan = torch.full((), float("nan"), device=points.device)
@@ -159,7 +161,8 @@ class I2PMAE(nn.Module):
         """Whether this step's automatic balance takes the single-pass form: the default
         objective (2D term, automatic weight, no global term) with gradients enabled."""
         cfg = self.cfg
-        return cfg.use_2d and cfg.lambda_2d is None and self.head_global is None and torch.is_grad_enabled()
+        return (cfg.use_2d and cfg.lambda_2d is None and self.head_global is None and cfg.head2d_input == "decoder"
+                and torch.is_grad_enabled())
 
     def _objective(self, loss_3d, x, visible, enc, points, h, view_features, proj, global_target, global_bank,
                    global_rows, progress, graph_x=None) -> dict[str, torch.Tensor]:
