@@ -247,3 +247,30 @@ def test_encoder_loads_alone_and_local_radii():
         assert torch.equal(enc.global_feature(pts), tok.amax(1))
         assert enc.global_feature(pts, "mean+max").shape == (2, 2 * cfg.enc_dims[-1])
     assert all(torch.isfinite(lv.tokens).all() for lv in local)
+
+
+def test_feature_targets_back_project_only_the_members_but_equal_every_candidate():
+    """The 2D targets read the teacher at the members of the visible head-level tokens only;
+    each value must equal back-projecting every candidate and indexing (the plain way), here
+    on a mask that leaves some candidates unneeded and samples with different counts."""
+    from i2p.common.point_ops import gather
+    from i2p.stage1_project.projection import back_project
+    from i2p.stage2_pretrain.model.targets import feature_targets
+
+    cfg = tiny()
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    with torch.no_grad():
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
+    h = model.encoder.group(pts, torch.Generator().manual_seed(0))
+    lvl = cfg.head_level
+    vis = out[f"visible_mask_l{lvl + 1}"].clone()
+    vis[0, :] = False
+    vis[0, 3] = True  # one sample with a single visible token
+    b_idx, g_idx = vis.nonzero(as_tuple=True)
+    got = feature_targets(feats, pts, h, lvl, proj, cfg.image_size, b_idx, g_idx)
+    cand = gather(pts, h.point_index[lvl - 1])
+    every = back_project(feats, cand, proj, size=cfg.image_size).permute(0, 2, 1, 3).flatten(2)
+    want = every[b_idx[:, None], h.groups[lvl][b_idx, g_idx]]
+    assert got.shape == (len(b_idx), cfg.group_sizes[lvl], cfg.views * C)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

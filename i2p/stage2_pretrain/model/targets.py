@@ -31,12 +31,20 @@ def feature_targets(view_features: torch.Tensor, points: torch.Tensor, h: Hierar
     """Teacher features of the members of tokens ``(b_idx, g_idx)`` at ``level``:
     ``[n, K, V*C]``, views concatenated in order along the last axis.
 
-    The members' candidates (level-1 centres for level 2) are back-projected once per sample
-    and then indexed, since neighbouring groups share members.
+    Only the candidates (level-1 centres for level 2) that are members of some requested token
+    are back-projected, each once per sample (neighbouring groups share members): at the tiny
+    sizes ~57% of the 256 level-1 centres, which makes the back-projection ~1.6x faster (the
+    values are those of back-projecting every candidate: each point's row is independent).
     """
     cand = points if level == 0 else gather(points, h.point_index[level - 1])
+    members = h.groups[level][b_idx, g_idx]  # [n, K] candidate indices
+    need = torch.zeros(cand.shape[:2], dtype=torch.bool, device=cand.device)
+    need[b_idx[:, None], members] = True
+    width = max(1, int(need.sum(dim=1).max()))
+    # each sample's needed candidates first, in index order (padding: unneeded ones, unread)
+    order = torch.argsort((~need).to(torch.uint8), dim=1, stable=True)[:, :width]
+    slot = torch.cumsum(need, dim=1) - 1  # a needed candidate's place in ``order``
     with torch.autocast(points.device.type, enabled=False):
-        f = back_project(view_features, cand.float(), proj.float(), size=size)  # [B, V, N', C], fp32
-    f = f.permute(0, 2, 1, 3).flatten(2)  # [B, N', V*C]
-    members = h.groups[level][b_idx, g_idx]  # [n, K]
-    return f[b_idx[:, None], members]
+        f = back_project(view_features, gather(cand, order).float(), proj.float(), size=size)  # [B, V, W, C]
+    f = f.permute(0, 2, 1, 3).flatten(2)  # [B, W, V*C]
+    return f[b_idx[:, None], slot[b_idx[:, None], members]]
