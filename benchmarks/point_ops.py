@@ -67,15 +67,19 @@ def run(sizes: Sizes, workdir=None) -> dict:
             from scipy.spatial import cKDTree
 
             np_pts, np_ctr = pts.cpu().numpy(), ctr.cpu().numpy()
+            workers = max(1, torch.get_num_threads())  # the same threads as i2p's path
 
             def kd():
-                return np.stack([cKDTree(np_pts[i]).query(np_ctr[i], k=k1)[1] for i in range(b)])
+                return np.stack([cKDTree(np_pts[i]).query(np_ctr[i], k=k1, workers=workers)[1] for i in range(b)])
 
             fns["cKDTree"] = kd
         except ImportError:
             kd = None
         t = interleaved(fns, reps, warm)
-        kn = {"i2p": _entry(t, "i2p", b, "clouds"), "reference": "scipy.spatial.cKDTree per cloud"}
+        from i2p.common import knn_cpu
+
+        kn = {"i2p": _entry(t, "i2p", b, "clouds"), "i2p_tree": knn_cpu.tree_library() if pts.device.type == "cpu"
+              else "none (brute force)", "reference": "scipy.spatial.cKDTree per cloud, workers = torch threads"}
         if kd is not None:
             kn["cKDTree"] = _entry(t, "cKDTree", b, "clouds")
             kn["agreement"] = float((knn(ctr, pts, k1).cpu().numpy() == kd()).all(axis=-1).mean())

@@ -79,22 +79,34 @@ def test_fps_in_cpu_blocks_equals_cloud_by_cloud():
         assert torch.equal(got[:, 0], starts)
 
 
-def test_knn_cpu_tree_returns_the_brute_force_indices():
-    """On the CPU, kNN of >= 256 points goes through a scipy k-d tree (``knn_cpu``): the same
-    indices as the brute force, bit for bit, also with duplicated points (exact distance ties,
-    answered by the brute force) and points far from the origin; below 256 points, on
-    non-finite input or with backend='torch', the brute force itself."""
+@pytest.mark.parametrize("library", ["pykdtree", "scipy"])
+def test_knn_cpu_tree_returns_the_brute_force_indices(library, monkeypatch):
+    """On the CPU, kNN of >= 256 points goes through a k-d tree (``knn_cpu``: pykdtree, or
+    scipy's cKDTree without it): the same indices as the brute force, bit for bit, also with
+    duplicated points (exact distance ties, answered by the brute force), points far from the
+    origin and the builtin shapes (flat faces, grid-like samples: many near-ties); below 256
+    points, on non-finite input or with backend='torch', the brute force itself."""
     pytest.importorskip("scipy")
     from i2p.common import knn_cpu
+    from i2p.common.datasets import create_dataset
 
+    if library == "pykdtree":
+        pytest.importorskip("pykdtree")
+    else:
+        monkeypatch.setattr(knn_cpu, "_pykdtree", lambda: None)
+    assert knn_cpu.tree_library() == library
     pts = cloud(3, 2048, seed=4)
     pts[1, 1000:1100] = pts[1, :100]  # 100 duplicated points: tied neighbours
     pts[2] = pts[2] * 1e-3 + 5.0  # small distances far from the origin
+    ds = create_dataset("builtin:primitives", "train", num_points=2048)
+    shapes = torch.from_numpy(np.stack([ds[i].points for i in range(0, 416, 52)])).float()
+    for p in (pts, shapes):
+        ctr = gather(p, farthest_point_sample(p, 512))
+        for k in (1, 16):
+            fast, ref = knn(ctr, p, k), knn(ctr, p, k, backend="torch")
+            assert fast.dtype == ref.dtype == torch.int64 and fast.shape == (len(p), 512, k)
+            assert torch.equal(fast, ref), k
     ctr = gather(pts, farthest_point_sample(pts, 512))
-    for k in (1, 16):
-        fast, ref = knn(ctr, pts, k), knn(ctr, pts, k, backend="torch")
-        assert fast.dtype == ref.dtype == torch.int64 and fast.shape == (3, 512, k)
-        assert torch.equal(fast, ref), k
     calls = []
     real = knn_cpu.knn_kdtree
     try:

@@ -1,10 +1,15 @@
-"""k-nearest neighbours on the CPU through ``scipy.spatial.cKDTree``, with exactly the indices of
-the pure-PyTorch path of ``point_ops.knn``.
+"""k-nearest neighbours on the CPU through a k-d tree library, with exactly the indices of the
+pure-PyTorch path of ``point_ops.knn``.
 
 Why: the brute force computes every query-to-point distance (512 x 2048 per cloud at paper
 sizes) and a top-k over each row; a k-d tree visits a few dozen points per query. Measured on a
 shared 2-core CPU (64 clouds, 512 queries x 2048 points, k = 16): brute force 226-724 ms,
 ``cKDTree`` 88-158 ms (README, Performance).
+
+The tree: ``pykdtree`` when installed (the ``cpu`` extra; its queries measured ~1.3-1.6x
+faster than ``cKDTree``'s on the same points, one thread each, benchmarks/RESULTS.md), else
+``scipy.spatial.cKDTree``. Both are given float64 coordinates, so the argument below holds
+for either.
 
 Identical indices: the tree ranks by float64 distances, the brute force by float32 ones
 (``torch.cdist``, whose rounding even depends on the CPU: FMA or not), and it breaks exact
@@ -33,7 +38,17 @@ MIN_POINTS = 256
 LEAFSIZE = 32
 
 
+def _pykdtree():
+    try:
+        from pykdtree.kdtree import KDTree
+    except ImportError:
+        return None
+    return KDTree
+
+
 def available() -> bool:
+    if _pykdtree() is not None:
+        return True
     try:
         from scipy.spatial import cKDTree  # noqa: F401
     except ImportError:
@@ -41,25 +56,39 @@ def available() -> bool:
     return True
 
 
+def tree_library() -> str:
+    """The k-d tree :func:`knn_kdtree` uses: 'pykdtree', 'scipy' or 'none'."""
+    return "pykdtree" if _pykdtree() is not None else ("scipy" if available() else "none")
+
+
+def _query_fn(workers: int):
+    """``query(points [N,3] f64, queries [M,3] f64, c) -> (dist [M,c] f64, idx [M,c])``, one tree
+    per call. pykdtree parallelises a query with OpenMP (``OMP_NUM_THREADS``)."""
+    kd = _pykdtree()
+    if kd is not None:
+        return lambda pts, qs, c: kd(pts, leafsize=16).query(qs, k=c)
+    from scipy.spatial import cKDTree
+
+    # Unbalanced, non-compacted trees build ~1.5x faster for a few thousand points; the
+    # neighbours do not depend on the tree's shape.
+    return lambda pts, qs, c: cKDTree(pts, leafsize=LEAFSIZE, balanced_tree=False,
+                                      compact_nodes=False).query(qs, k=c, workers=workers)
+
+
 def knn_kdtree(query: torch.Tensor, ref: torch.Tensor, k: int,
                brute: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
     """``point_ops.knn`` (``[B, M, k]`` int64, nearest first) through one k-d tree per cloud;
     ``brute(query [1,R,3], ref [1,N,3], k)`` is the brute-force path, used for the near-ties."""
-    from scipy.spatial import cKDTree
-
     q = query.detach().float().cpu()
     r = ref.detach().float().cpu()
-    qn, rn = q.numpy(), r.numpy()
+    qn, rn = q.numpy().astype(np.float64), r.numpy().astype(np.float64)
     bsz, m, _ = qn.shape
     c = min(rn.shape[1], k + 1)
     dist = np.empty((bsz, m, c))
     cand = np.empty((bsz, m, c), dtype=np.int64)
-    workers = max(1, torch.get_num_threads())
+    query_tree = _query_fn(max(1, torch.get_num_threads()))
     for b in range(bsz):
-        # Unbalanced, non-compacted trees build ~1.5x faster for a few thousand points; the
-        # neighbours do not depend on the tree's shape.
-        tree = cKDTree(rn[b], leafsize=LEAFSIZE, balanced_tree=False, compact_nodes=False)
-        d, i = tree.query(qn[b], k=c, workers=workers)
+        d, i = query_tree(rn[b], qn[b], c)
         dist[b], cand[b] = d.reshape(m, c), i.reshape(m, c)
     idx = torch.from_numpy(cand[..., :k])
     near = (np.diff(dist, axis=-1) <= TIE_TOL * dist[..., 1:]).any(axis=-1)  # [B, M]
@@ -77,4 +106,4 @@ def usable(query: torch.Tensor, ref: torch.Tensor) -> bool:
             and bool(torch.isfinite(ref).all()) and bool(torch.isfinite(query).all()))
 
 
-__all__ = ["available", "knn_kdtree", "usable", "TIE_TOL", "MIN_POINTS"]
+__all__ = ["available", "knn_kdtree", "tree_library", "usable", "TIE_TOL", "MIN_POINTS"]
