@@ -72,8 +72,8 @@ def test_export_equals_checkpoint_and_run_dir(run_dir, export_dir):
     cfg = json.loads((export_dir / "config.json").read_text())
     prov = cfg["provenance"]
     assert cfg["format"] == "i2p-encoder-1" and cfg["i2p_version"] == i2p.__version__
-    assert cfg["pooling"] == "max" and cfg["normalization"]["enabled"] is True
-    assert cfg["architecture"]["enc_dims"] == [48, 96, 192] and cfg["embedding_dim"] == 192
+    assert cfg["pooling"] == "levels" and cfg["normalization"]["enabled"] is True  # the default pooling
+    assert cfg["architecture"]["enc_dims"] == [48, 96, 192] and cfg["embedding_dim"] == 2 * (48 + 96 + 192)
     assert prov["checkpoint_sha256"] == file_sha256(run_dir / "last.ckpt") and prov["step"] == 2
     assert prov["cache_teacher"] == "test-tiny" and prov["seed"] == 3 and prov["epoch"] == 0
     card = (export_dir / "README.md").read_text()
@@ -104,7 +104,7 @@ def test_export_holds_encoder_weights_only_and_loads_without_pickle(export_dir, 
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     enc = i2p.load_encoder(export_dir, device="cpu")
-    assert enc.embed(clouds(1)).shape == (1, 192)
+    assert enc.embed(clouds(1)).shape == (1, 672)  # the default pooling, levels: 2 x (48 + 96 + 192)
 
 
 def test_corrupt_or_mismatched_export_is_one_line(export_dir, tmp_path):
@@ -147,11 +147,11 @@ def test_kinds_shapes_batching_and_modes(run_dir):
     enc.network.train()  # a caller's mode is restored after embed, which runs in eval mode
     x = clouds(5)
     z = enc.embed(x)
-    assert isinstance(z, np.ndarray) and z.shape == (5, 192) and z.dtype == np.float32
+    assert isinstance(z, np.ndarray) and z.shape == (5, 672) and z.dtype == np.float32 and enc.dim == 672
     assert enc.network.training
     enc.network.eval()
     zt = enc.embed(torch.from_numpy(x))
-    assert isinstance(zt, torch.Tensor) and zt.shape == (5, 192)
+    assert isinstance(zt, torch.Tensor) and zt.shape == (5, 672)
     np.testing.assert_allclose(zt.numpy(), z, atol=1e-6, rtol=0)
     np.testing.assert_allclose(enc.embed(x, batch_size=5), z, atol=1e-5, rtol=0)  # batching: same values
     np.testing.assert_allclose(enc.embed(x[1]), z[1], atol=1e-5, rtol=0)  # one cloud [N,3] -> [D]
@@ -178,7 +178,8 @@ def test_levels_pooling_is_every_levels_mean_and_max(run_dir):
     want = torch.cat([torch.cat([lv.tokens.mean(1), lv.tokens.amax(1)], -1) for lv in levels], -1)
     torch.testing.assert_close(got, want)
     # the last 192 columns are the paper's max-pooled coarsest tokens
-    torch.testing.assert_close(got[:, -192:], enc.embed(x))
+    torch.testing.assert_close(got[:, -192:], enc.embed(x, pool="max"))
+    torch.testing.assert_close(got, enc.embed(x))  # the default
     # a padding row (valid False) with a huge value changes nothing
     t = torch.tensor([[[1.0, -2.0], [3.0, 0.0], [1e6, 1e6]]])
     lv = LevelOutput(tokens=t, valid=torch.tensor([[True, True, False]]), order=None, centers=None,
@@ -211,7 +212,7 @@ def test_embed_writes_rows_with_ids_and_labels(export_dir, tmp_path):
     assert main([*base, "--out", str(tmp_path / "e.npy")]) == 0
     X = np.load(tmp_path / "e.npy")
     side = json.loads((tmp_path / "e.ids.json").read_text())
-    assert X.shape == (len(ds), 192) and X.dtype == np.float32
+    assert X.shape == (len(ds), 672) and X.dtype == np.float32
     assert side["ids"] == list(ds.ids) and side["labels"] == [int(v) for v in ds.labels]
     assert side["classes"] == list(ds.classes) and side["rows"] == len(ds) and side["split"] == "test"
 
@@ -252,5 +253,5 @@ def test_embed_shrec16_test_split(run_dir, tmp_path):
     assert main(["embed", "--ckpt", str(run_dir / "last.ckpt"), "--data", f"meshes:{SHREC16}", "--split", "test",
                  "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     with np.load(out) as z:
-        assert z["embeddings"].shape == (120, 192) and len(set(z["ids"].tolist())) == 120
+        assert z["embeddings"].shape == (120, 672) and len(set(z["ids"].tolist())) == 120
         assert len(set(z["labels"].tolist())) == 30

@@ -16,8 +16,9 @@ from i2p.common.cli_options import Pool, existing_checkpoint, value
 
 SOURCE_HELP = ("a checkpoint of `i2p pretrain` (RUN/last.ckpt), a run directory (its last.ckpt) or an export "
                "directory (`i2p export` / `i2p convert`)")
-POOL = typer.Option(None, "--pool", help="pooling of the coarsest tokens: meanmax = mean and max concatenated, "
-                                         "mean_plus_max = summed, mean = mean only (default: the export's, else max)")
+POOL = typer.Option(None, "--pool", help="token pooling: levels = mean and max of every level concatenated, "
+                                         "max / meanmax (mean and max concatenated) / mean_plus_max (summed) / mean of "
+                                         "the coarsest tokens (default: the export's, else levels)")
 CALIBRATE = typer.Option(None, "--calibrate", metavar="SPEC",
                          help="re-estimate BatchNorm statistics on up to 512 shapes of SPEC's train split first "
                               "(labels unused), as `i2p eval` does")

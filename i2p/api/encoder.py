@@ -41,6 +41,7 @@ from i2p.common.point_ops import three_nn_interpolate
 # default for i2p encoders on validation, docs/RESULTS.md "Generalisation"). On a single-level
 # token set (a 2D teacher's feature map) ``levels`` is ``meanmax``.
 POOLS = ("max", "meanmax", "mean_plus_max", "mean", "levels")
+DEFAULT_POOL = "levels"  # what embed() and every frozen-feature protocol use unless told otherwise
 
 
 def check_pool(pool: str) -> str:
@@ -147,7 +148,7 @@ class Encoder:
     teacher of the cache, ...).
     """
 
-    def __init__(self, network: torch.nn.Module, config: Any, *, pool: str = "max", normalize: bool = True,
+    def __init__(self, network: torch.nn.Module, config: Any, *, pool: str = DEFAULT_POOL, normalize: bool = True,
                  batch_size: int = 32, device: str | torch.device = "auto", info: dict | None = None):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1 (got {batch_size})")

@@ -24,7 +24,7 @@ import torch
 from i2p.api.architecture import (  # noqa: F401  (re-exported: the loader's public helpers)
     ENCODER_FIELDS, LATER_FIELDS, build_network, config_from_architecture, config_from_export, encoder_architecture,
     _model, model_config_from_dict)
-from i2p.api.encoder import Encoder
+from i2p.api.encoder import DEFAULT_POOL, Encoder
 from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_state
 from i2p.common.errors import UserError
 
@@ -134,10 +134,10 @@ def load_encoder(source: str | Path, device: str | torch.device = "auto", *, poo
     """Load a pretrained encoder from a checkpoint, a run directory or an export directory
     (or ``"random"``: ``preset`` randomly initialised with ``seed``).
 
-    ``device="auto"`` picks CUDA when torch sees one, else the CPU. ``pool`` (``max`` |
-    ``meanmax`` | ``mean_plus_max``) and ``normalize`` default to the export's recorded
-    settings, else ``max`` and True (a converted official model records its official pooling
-    and ``normalize: false``). The encoder is in eval mode; see :class:`~i2p.api.encoder.Encoder` for its use.
+    ``device="auto"`` picks CUDA when torch sees one, else the CPU. ``pool`` (``levels`` |
+    ``max`` | ``meanmax`` | ``mean_plus_max`` | ``mean``) and ``normalize`` default to the
+    export's recorded settings, else ``levels`` (``DEFAULT_POOL``) and True (a converted
+    official model records its official pooling and ``normalize: false``). The encoder is in eval mode; see :class:`~i2p.api.encoder.Encoder` for its use.
     """
     config: dict = {}
     if str(source) == RANDOM:
@@ -152,5 +152,5 @@ def load_encoder(source: str | Path, device: str | torch.device = "auto", *, poo
             network, cfg, info = _from_checkpoint(path)
     info["model_config"] = cfg.to_dict()
     norm = config.get("normalization", {}).get("enabled", True) if normalize is None else normalize
-    return Encoder(network, cfg, pool=pool or config.get("pooling", "max"), normalize=norm,
+    return Encoder(network, cfg, pool=pool or config.get("pooling", DEFAULT_POOL), normalize=norm,
                    batch_size=batch_size, device=device, info=info)

@@ -103,11 +103,11 @@ def embed_dataset(source: str, data: str, out: str | os.PathLike, *, split: str 
     from i2p.api.loading import load_encoder
     from i2p.common.datasets import create_dataset
     from i2p.stage3_eval.features import dataset_clouds, extract_features
-    from i2p.stage3_eval.runner import default_points
+    from i2p.stage3_eval.runner import probe_points
 
     check_output(out)
     enc = load_encoder(source, device, pool=pool, batch_size=batch_size, seed=seed)
-    n = int(points or default_points(data))
+    n = int(points or probe_points(data))
     ds = create_dataset(data, split, num_points=n, seed=seed)
     calib = 0
     if calibrate:

@@ -23,28 +23,44 @@ from i2p.stage3_eval.teacher_encoder import is_teacher_ckpt
 
 # The paper's point counts: ModelNet40 1024, ScanObjectNN 2048.
 _DEFAULT_POINTS = {"scanobjectnn": 2048}
+# The frozen-feature protocols (svm, knn, few-shot, ``i2p embed``) read every encoder at this
+# many points: the stage-1 density, so a student is probed on the clouds its teacher (the
+# ceiling) is probed on. Chosen with ``DEFAULT_POOL`` on validation only (5-fold CV on train
+# splits: docs/RESULTS.md, "Generalisation", "The probe protocol").
+PROBE_POINTS = 2048
 
 
 def default_points(spec: str, ckpt: str | None = None) -> int:
-    """The protocol's point count; for ``teacher:NAME`` the stage-1 count (2048) at least: the
-    depth images are sums over the points, and a teacher sees the images it saw in stage 1
-    (measured on SHREC'16, 5-fold CV on train: 2048 points 76.0%, 1024 points 70.4%)."""
+    """The paper's point count (fine-tuning; the official SVM with ``--sampling official``); for
+    ``teacher:NAME`` the stage-1 count (2048) at least: the depth images are sums over the
+    points, and a teacher sees the images it saw in stage 1 (measured on SHREC'16, 5-fold CV on
+    train: 2048 points 76.0%, 1024 points 70.4%)."""
     n = _DEFAULT_POINTS.get(spec.split(":", 1)[0], 1024)
     return max(n, 2048) if is_teacher_ckpt(ckpt) else n
 
 
-def default_pool(ckpt: str, pool: str | None) -> str:
-    """``max`` (the paper's) for 3D encoders; an export directory's own pooling (a converted
-    Point-M2AE records ``mean_plus_max``, its official SVM feature), as ``i2p.load_encoder``
-    uses it; ``meanmax`` for a teacher (SHREC'16, 5-fold CV on train: meanmax 76.0%, max 73.5%,
-    at 2048 points)."""
+def probe_points(spec: str, ckpt: str | None = None, sampling: str = "i2p") -> int:
+    """Points per shape of the frozen-feature protocols: ``PROBE_POINTS`` (or more where the
+    paper reads more), the paper's count with ``sampling='official'``."""
+    if sampling == "official":
+        return default_points(spec, ckpt)
+    return max(PROBE_POINTS, default_points(spec, ckpt))
+
+
+def default_pool(ckpt: str, pool: str | None, sampling: str = "i2p") -> str:
+    """:data:`~i2p.api.encoder.DEFAULT_POOL` (``levels``) for 3D encoders, as
+    ``i2p.load_encoder`` uses it; an export directory's own pooling (a converted Point-M2AE
+    records ``mean_plus_max``, its official SVM feature); ``max`` (the official I2P-MAE SVM
+    feature) with ``sampling='official'``; ``meanmax`` for a teacher (SHREC'16, 5-fold CV on
+    train: meanmax 76.0%, max 73.5%, at 2048 points)."""
     if pool:
         return pool
     if is_teacher_ckpt(ckpt):
         return "meanmax"
+    from i2p.api.encoder import DEFAULT_POOL
     from i2p.api.loading import export_pooling
 
-    return export_pooling(ckpt) or "max"
+    return export_pooling(ckpt) or ("max" if sampling == "official" else DEFAULT_POOL)
 
 
 SAMPLINGS = ("i2p", "official")
@@ -114,7 +130,7 @@ def _base(protocol: str, spec: str, info: dict, seed: int, settings: dict, split
 
 def _train_test_features(ckpt, spec, points, pool, seed, device, batch_size, preset, progress, sampling="i2p",
                          teacher_weights=None):
-    points = points or default_points(spec, ckpt)
+    points = points or probe_points(spec, ckpt, sampling)
     splits = open_splits(spec, points, seed, sampling=sampling)
     dev = resolve_device(device)
     model, info = encoder_for(ckpt, dev, preset, seed, lambda: dataset_clouds(splits["train"]), batch_size,
@@ -141,7 +157,7 @@ def svm(ckpt: str, data: str, out: str, points: int | None = None, pool: str | N
         sampling: str = "i2p", teacher_weights: str | None = None) -> dict:
     """``sampling='official'``: each cloud is its first ``points`` stored points, not
     re-normalised, encoded as given (the official SVM input, docs/FIDELITY.md V3)."""
-    pool = default_pool(ckpt, pool)
+    pool = default_pool(ckpt, pool, sampling)
     points, splits, dev, info, feats = _train_test_features(ckpt, data, points, pool, seed, device,
                                                            batch_size, preset, progress, sampling,
                                                            teacher_weights)
@@ -223,7 +239,7 @@ def fewshot(ckpt: str, data: str | None, out: str, way: int = 5, shot: int = 10,
             C = float(C)
         except ValueError:
             raise UserError(f"--C must be 'auto' or a positive number (got {C!r})") from None
-    points = points or (default_points(data, ckpt) if data else 1024)
+    points = points or (probe_points(data, ckpt) if data else PROBE_POINTS)
     dev = resolve_device(device)
     settings: dict[str, Any] = {"way": way, "shot": shot, "query": query, "folds": folds, "mode": mode,
                                 "points": points, "pool": pool, "C": C, "device": str(dev),
