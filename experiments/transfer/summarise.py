@@ -22,13 +22,35 @@ def fmt(xs: list[float]) -> str:
     return f"{st.mean(xs):.1f} ± {st.stdev(xs):.1f}"
 
 
+SETTINGS = ("1024 max", "2048 max", "1024 levels", "2048 levels", "2048 meanmax")
+
+
+def protocol_table(lines: str) -> None:
+    """One row per (encoder, data): val / test of every probe setting measured, and the
+    validation gain of the default (2048 levels) over the paper's (1024 max)."""
+    got = defaultdict(dict)
+    for line in open(lines):
+        r = json.loads(line)
+        got[(r["ckpt"], r["data"])][f"{r['points']} {r['pool']}"] = (r["val_cv"], r["test"])
+    print("| encoder | data | " + " | ".join(f"{s}: val / test" for s in SETTINGS) + " | Δ val, 2048 levels vs 1024 max |")
+    print("|---|---|" + "---|" * (len(SETTINGS) + 1))
+    for (ck, data), by in sorted(got.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if "1024 max" not in by or "2048 levels" not in by:
+            continue
+        cells = [f"{by[s][0]:.1f} / {by[s][1]:.1f}" if s in by else "" for s in SETTINGS]
+        print(f"| {ck} | {data} | " + " | ".join(cells) + f" | {by['2048 levels'][0] - by['1024 max'][0]:+.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("lines")
+    p.add_argument("--protocol", action="store_true", help="the probe-protocol table instead")
     p.add_argument("--data", default="B")
     p.add_argument("--setting", default="2048 levels")
     p.add_argument("--base", default="3donly")
     a = p.parse_args()
+    if a.protocol:
+        return protocol_table(a.lines)
     pts, pool = a.setting.split()
     rows = defaultdict(dict)  # name -> seed -> (val, test)
     for line in open(a.lines):
