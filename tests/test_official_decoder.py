@@ -190,7 +190,7 @@ def test_resume_and_export_with_the_official_decoder(small_cache, tmp_path):
     # the encoder of such a run loads as any other (the decoder is not part of it)
     enc = i2p.load_encoder(str(run), device="cpu")
     z = enc.embed(torch.randn(2, 1024, 3, generator=torch.Generator().manual_seed(0)))
-    assert z.shape == (2, 192) and torch.isfinite(z).all()
+    assert z.shape == (2, 672) and torch.isfinite(z).all()
 
 
 def test_a_checkpoint_saved_before_the_decoder_style_existed_still_resumes():
