@@ -255,3 +255,35 @@ def test_skipped_sample_has_no_aug_render_and_verify_still_passes(tmp_path):
     zarr.open_group(str(out), mode="r+")["aug_saliency"][good, 1] = np.nan  # an unwritten aug render
     problems = verify_cache(str(out))
     assert len(problems) == 1 and "aug_saliency" in problems[0], problems
+
+
+def test_sample_reads_fetched_together_equal_one_array_at_a_time(aug_cache, plain_cache, tmp_path):
+    """``CacheDataset`` fetches a sample's arrays in one zarr hand-off; every item (plain and
+    augmented renders, with and without targets) holds the same values as reading each array
+    on its own, and NaN in a fetched array still stops with the array named."""
+
+    class OneByOne(CacheDataset):
+        def _read_many(self, i, reads):
+            return [self._read(n, i, r) for n, r in reads]
+
+    for url, kw in [(plain_cache, {}), (aug_cache, {"augment": True, "aug_renders": True}),
+                    (aug_cache, {"with_targets": False})]:
+        together, alone = CacheDataset(url, **kw), OneByOne(url, **kw)
+        renders = set()
+        for k in range(len(together)):
+            a, b = together[k], alone[k]
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], (url, k, key)
+            renders.add(a["render"])
+        if kw.get("aug_renders"):
+            assert renders >= {0, 1}  # both augmented renders were read
+    import shutil
+
+    url = str(tmp_path / "nan")
+    shutil.copytree(plain_cache, url)
+    i = int(CacheDataset(url).indices[0])
+    sal = zarr.open_group(url, mode="r+")["saliency"]
+    sal[i:i + 1] = np.full((1,) + sal.shape[1:], np.nan, np.float32)
+    with pytest.raises(CacheError, match=rf"saliency of sample {i} \(shard 0\) holds NaN/Inf"):
+        CacheDataset(url)[0]
