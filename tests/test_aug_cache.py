@@ -266,6 +266,11 @@ def test_sample_reads_fetched_together_equal_one_array_at_a_time(aug_cache, plai
         def _read_many(self, i, reads):
             return [self._read(n, i, r) for n, r in reads]
 
+    class NoFallback(CacheDataset):
+        def _read(self, *args, **kwargs):
+            raise AssertionError("the together path fell back to one array at a time")
+
+    NoFallback(aug_cache, augment=True, aug_renders=True)[0]  # from the very first sample of a fresh dataset
     for url, kw in [(plain_cache, {}), (aug_cache, {"augment": True, "aug_renders": True}),
                     (aug_cache, {"with_targets": False})]:
         together, alone = CacheDataset(url, **kw), OneByOne(url, **kw)

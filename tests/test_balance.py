@@ -316,3 +316,35 @@ def test_2d_head_on_the_encoder_tokens():
     assert losses[-1] < 0.5 * losses[0], losses
     with pytest.raises(ValueError, match="head2d_input"):
         tiny(head2d_input="both").validate()
+
+
+def test_token_2d_target_is_the_mean_of_the_member_targets():
+    """target2d='token': one 2D target per visible token, the mean of its k member points'
+    back-projected targets (the 'points' objective's targets, averaged), a head k times smaller,
+    the automatic balance in force, and a 2D loss that falls."""
+    torch.manual_seed(0)
+    base, tok = tiny(drop_path=0.0), tiny(drop_path=0.0, target2d="token")
+    k = base.group_sizes[base.head_level]
+    ref, model = build_model(base), build_model(tok)
+    assert model.head_2d.out_features * k == ref.head_2d.out_features == k * base.views * base.teacher_channels
+    pts, feats, sal, proj = make_batch(base)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        ev_ref, ev = ref(pts, feats, sal, proj, generator=gen()), model(pts, feats, sal, proj, generator=gen())
+    assert ev_ref["target_2d"].shape[1] == k and ev["target_2d"].shape[1] == 1
+    torch.testing.assert_close(ev["target_2d"], ev_ref["target_2d"].mean(dim=1, keepdim=True), rtol=0, atol=0)
+    assert ev["pred_2d"].shape == ev["target_2d"].shape
+    out = model(pts, feats, sal, proj, generator=gen())
+    assert 0 < float(out["w_2d"]) and torch.isfinite(out["loss"])  # the automatic balance weighs it
+    model = build_model(tiny(drop_path=0.0, target2d="token", lambda_2d=1.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        o = model(pts, feats, sal, proj, generator=gen())
+        opt.zero_grad()
+        o["loss"].backward()
+        opt.step()
+        losses.append(float(o["loss_2d"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="target2d"):
+        tiny(target2d="pixels").validate()

@@ -176,11 +176,13 @@ class CacheDataset(torch.utils.data.Dataset):
         try:
             from zarr.core.sync import sync
 
+            handles = [_async(self._array(n)) for n, _ in reads]  # opened here, never inside zarr's loop
+
             async def fetch():
                 import asyncio
 
-                return await asyncio.gather(*[_async(self._array(n)).getitem(i if r is None else (i, r))
-                                              for n, r in reads])
+                return await asyncio.gather(*[a.getitem(i if r is None else (i, r))
+                                              for a, (_, r) in zip(handles, reads)])
 
             arrays = sync(fetch())
         except Exception:  # noqa: BLE001 - an older zarr, or a damaged chunk: the per-array path says which

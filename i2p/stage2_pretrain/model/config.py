@@ -85,6 +85,12 @@ class ModelConfig:
     # the decoder's transformer (a transfer lever: linear probes read the encoder). The 3D term
     # stays on the decoder; the balance is measured at those encoder tokens (two-pass form).
     head2d_input: str = "decoder"
+    # What one 2D target is. 'points' (the paper's): the teacher feature back-projected at each
+    # of a visible token's k member points, so the head predicts k x V x C values per token.
+    # 'token': the mean of those k member targets, one V x C vector per token (a k-times smaller
+    # head): the region's semantics rather than the per-point detail within ~8 neighbours, a
+    # transfer lever (issue 21) and the cheaper objective (issue 20).
+    target2d: str = "points"
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
     # to the centre, through a mini-PointNet of width C_prev + 3 (12,668,968 encoder parameters
@@ -218,6 +224,8 @@ class ModelConfig:
             raise ValueError("global_input must be 'visible' or 'full'")
         if self.head2d_input not in ("decoder", "encoder"):
             raise ValueError("head2d_input must be 'decoder' or 'encoder'")
+        if self.target2d not in ("points", "token"):
+            raise ValueError("target2d must be 'points' or 'token'")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.teacher_channels < 0 or self.views < 1:

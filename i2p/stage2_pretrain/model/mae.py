@@ -61,7 +61,8 @@ class I2PMAE(nn.Module):
         # Only the '2d3d' objective has a 2D head: every parameter then takes part in every
         # step, which DistributedDataParallel requires (without find_unused_parameters).
         dim_2d = dim if cfg.head2d_input == "decoder" else cfg.enc_dims[cfg.head_level]
-        self.head_2d = nn.Linear(dim_2d, k * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
+        k_2d = k if cfg.target2d == "points" else 1
+        self.head_2d = nn.Linear(dim_2d, k_2d * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
         use_global = cfg.use_2d and cfg.global_ratio > 0
         self.head_global = nn.Linear(cfg.enc_dims[-1], cfg.views * cfg.teacher_channels) if use_global else None
         for head in (self.head_3d, self.head_2d, self.head_global):
@@ -230,11 +231,13 @@ class I2PMAE(nn.Module):
                              f"(views={cfg.views}, teacher_channels={cfg.teacher_channels})")
         b_idx, g_idx = visible.nonzero(as_tuple=True)
         k = cfg.group_sizes[cfg.head_level]
-        pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
         target = feature_targets(view_features, points, h, cfg.head_level, proj, cfg.image_size, b_idx, g_idx)
         if cfg.target_l2:  # each view's C-vector of each member to unit length
             t = target.view(len(b_idx), k, cfg.views, cfg.teacher_channels)
             target = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-6)).flatten(2)
+        if cfg.target2d == "token":  # one target per token: the mean over its members
+            target, k = target.mean(dim=1, keepdim=True), 1
+        pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
         # mse_loss(reduction='none') is (pred - target)^2 bit for bit, with a one-pass backward.
         err = nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
         return per_sample_mean(err, b_idx, len(points)), pred, target
