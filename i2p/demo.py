@@ -267,9 +267,8 @@ def run_demo(plan: DemoPlan, teacher_factory: Callable | None = None) -> dict:
     for name, head in rows:
         table.add_row(name, head.replace("accuracy ", ""))
     console.print(table)
-    # Said on screen because the table invites a verdict it cannot give: at these sizes the two
-    # rows differ by a few shapes, either way (measured: pretrained 72.3 vs random 76.9 with the
-    # default probe, 72.3 vs 70.8 with the paper's max-pooled one, same checkpoint; few-shot 68.4 vs 84.4).
+    # Said on screen because the table invites a verdict it cannot give at these sizes (a fresh
+    # run's figures are in the README).
     console.print(f"[dim]a smoke test of the pipeline, not a verdict: {plan.epochs} epochs on this small set are too "
                   "few for pretraining to beat random init (here random init may lead); docs/RESULTS.md has "
                   "the 3-seed comparisons[/]")
