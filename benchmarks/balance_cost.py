@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
     from i2p.stage2_pretrain.train import make_optimizer
     from i2p.stage2_pretrain.teacher_targets import select_norm, target_stats
 
-    from benchmarks.stage2 import Batches, fixed_lambda_config, make_step
+    from benchmarks.stage2 import Batches, fixed_lambda_config, make_step, target_basis
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", required=True)
@@ -36,11 +36,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     s = open_for_training(a.cache)["settings"]
     default = (ModelConfig.base if a.model == "paper" else ModelConfig.tiny)(**cache_model_fields(s))
-    norm = select_norm(target_stats(MultiCacheDataset([a.cache]), 256), True, default.global_ratio > 0)
+    stats = target_stats(MultiCacheDataset([a.cache]), 256)
+    norm = select_norm(stats, True, default.global_ratio > 0)
     steps = {}
     for name, cfg in (("default", default), ("fixed_lambda", fixed_lambda_config(default))):
         torch.manual_seed(0)
         model = build_model(cfg).train()
+        if cfg.projects_targets:
+            model.set_target_basis(target_basis(cfg, a.cache, stats))
         opt = make_optimizer(optimizer_groups(model, 0.05), lr=1e-3)
         src = Batches(CacheDataset(a.cache, with_targets=True, augment=True), a.batch, seed=1)
         steps[name] = make_step(model, opt, src, norm=norm)

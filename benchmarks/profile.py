@@ -44,6 +44,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--teacher", default="clip-vitb16", help="teacher for the online share ('' to skip)")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--target-dims", type=int, default=None,
+                   help="model.target_dims (default: the preset's; a random orthonormal basis stands in for the cache's)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.threads:
@@ -57,11 +59,16 @@ def main(argv=None) -> dict:
     from i2p.stage2_pretrain.model.mae import optimizer_groups
     from i2p.stage2_pretrain.train import make_optimizer
     from i2p.stage2_pretrain.model.masking import all_visibilities, coarse_visibility
-    from i2p.stage2_pretrain.model.targets import feature_targets, saliency_cloud
+    from i2p.stage2_pretrain.model.targets import feature_targets, project_channels, saliency_cloud
 
     torch.manual_seed(0)
-    cfg = (ModelConfig.paper if a.model == "paper" else ModelConfig.tiny)(teacher_channels=512, num_points=2048)
+    over = {} if a.target_dims is None else {"target_dims": a.target_dims}
+    cfg = (ModelConfig.paper if a.model == "paper" else ModelConfig.tiny)(teacher_channels=512, num_points=2048, **over)
     model = build_model(cfg).train()
+    basis = None
+    if cfg.projects_targets:  # timing only: any orthonormal basis costs what the cache's does
+        basis = torch.linalg.qr(torch.randn(512, cfg.target_dims))[0]
+        model.set_target_basis(basis)
     opt = make_optimizer(optimizer_groups(model, 0.05), lr=1e-3)
     b = a.batch
     g = torch.Generator().manual_seed(1)
@@ -87,8 +94,9 @@ def main(argv=None) -> dict:
         lambda: model.encoder.forward_hierarchy(h, vis, gens()), a.repeats)
     phases["decoder"], x = _timed(lambda: model.decoder(h, enc, gens()), a.repeats)
     b_idx, g_idx = vis[lvl].nonzero(as_tuple=True)
-    phases["2D targets (back-projection)"], _ = _timed(
-        lambda: feature_targets(feats, pts, h, lvl, proj, cfg.image_size, b_idx, g_idx), a.repeats)
+    maps = (lambda: project_channels(feats, basis)) if basis is not None else (lambda: feats)  # noqa: E731
+    phases["2D targets (project, back-project)"], _ = _timed(
+        lambda: feature_targets(maps(), pts, h, lvl, proj, cfg.image_size, b_idx, g_idx), a.repeats)
 
     def heads():
         mb, mg = (~vis[lvl]).nonzero(as_tuple=True)
@@ -98,7 +106,7 @@ def main(argv=None) -> dict:
         return model._loss_2d(x, vis[lvl], pts, h, feats, proj) if cfg.use_2d else None
 
     t_heads, _ = _timed(heads, a.repeats)
-    phases["heads + losses (without the targets)"] = max(0.0, t_heads - phases["2D targets (back-projection)"])
+    phases["heads + losses (without the targets)"] = max(0.0, t_heads - phases["2D targets (project, back-project)"])
 
     def forward():
         return model(pts, feats, sal, proj, generator=gens())

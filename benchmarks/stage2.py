@@ -42,10 +42,11 @@ def model_config(name: str, settings: dict, sizes: Sizes):
 
 
 def fixed_lambda_config(cfg):
-    """The objective before the automatic balance: a fixed lambda 1.0, no global term."""
+    """The objective before the automatic balance: a fixed lambda 1.0, no global term, every
+    teacher channel a target."""
     import dataclasses
 
-    return dataclasses.replace(cfg, lambda_2d=1.0, global_ratio=0.0, target_l2=False)
+    return dataclasses.replace(cfg, lambda_2d=1.0, global_ratio=0.0, target_l2=False, target_dims=0)
 
 
 class Batches:
@@ -160,22 +161,34 @@ def _ensure_cache(sizes: Sizes, workdir: Path, device) -> dict:
     return res
 
 
-def _model_and_opt(cfg, device):
+def target_basis(cfg, cache: str, stats: dict | None):
+    """The basis ``i2p pretrain`` fits for ``cfg`` on ``cache`` (None when it projects nothing)."""
+    if not cfg.projects_targets:
+        return None
+    from i2p.cache.reader import MultiCacheDataset
+    from i2p.stage2_pretrain.teacher_targets import principal_basis
+
+    return principal_basis(MultiCacheDataset([cache]), 256, cfg.target_dims, stats["mean"], stats["std"])[0]
+
+
+def _model_and_opt(cfg, device, basis=None):
     from i2p.stage2_pretrain.model import build_model
     from i2p.stage2_pretrain.model.mae import optimizer_groups
     from i2p.stage2_pretrain.train import make_optimizer
 
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
+    if basis is not None:
+        model.set_target_basis(basis)
     return model, make_optimizer(optimizer_groups(model, 0.05), lr=1e-3)
 
 
 def _one_model(name: str, batch: int, cache: str, settings: dict, sizes: Sizes, device, teacher, norm,
-               compile_: bool) -> dict:
+               compile_: bool, stats: dict | None = None) -> dict:
     from i2p.cache.reader import CacheDataset
 
     cfg = model_config(name, settings, sizes)
-    model, opt = _model_and_opt(cfg, device)
+    model, opt = _model_and_opt(cfg, device, target_basis(cfg, cache, stats))
     fast = torch.compile(model) if compile_ else model
     kw = dict(norm=norm, device=device, train_model=fast)
     ds = lambda targets: CacheDataset(cache, with_targets=targets, augment=True)  # noqa: E731
@@ -267,14 +280,14 @@ def run(sizes: Sizes, workdir: Path) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             teacher = create_teacher(settings["teacher"], weights="random", device=device)
-        norm = _target_norm(cache)
+        norm = stats = _target_norm(cache)
         if norm is not None:  # what train.py uses for the default objective: standardised maps
             from i2p.stage2_pretrain.teacher_targets import select_norm
 
             norm = {k: v.to(device) for k, v in select_norm(norm, True, False).items()}
         for name, batch in (("tiny", sizes.s2_batch_tiny), ("paper", sizes.s2_batch_paper)):
             results[name] = _one_model(name, batch, cache, settings, sizes, device, teacher, norm,
-                                       results["compile"])
+                                       results["compile"], stats)
     results["memory"] = mem.as_dict()
     n = min(sizes.s2_batch_paper, sizes.s1_shapes)
     results["peak_rss"] = {"cache_build": build_rss, "pretrain_paper": (

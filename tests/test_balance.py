@@ -278,10 +278,11 @@ def test_single_pass_balance_equals_the_two_pass_form(progress):
         assert float((x - y).norm()) <= 1e-5 * float(y.norm()) and float(y.norm()) > 0, k
 
 
-def _assert_2d_loss_halves(cfg, pts, feats, sal, proj, steps: int = 25) -> None:
-    """A model of ``cfg`` learns its 2D term: ``steps`` AdamW steps on one batch (same masks
-    every step) halve the 2D loss."""
-    model = build_model(cfg)
+def _assert_2d_loss_halves(model, pts, feats, sal, proj, steps: int = 25) -> None:
+    """``model`` (a ModelConfig: a model built from it) learns its 2D term: ``steps`` AdamW
+    steps on one batch (same masks every step) halve the 2D loss."""
+    if not isinstance(model, torch.nn.Module):
+        model = build_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(steps):

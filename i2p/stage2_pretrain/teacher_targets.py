@@ -2,6 +2,8 @@
 
 * :func:`target_stats`: per-channel statistics of the maps (target standardisation) and of
   the per-shape global target, from the first samples of each cache;
+* :func:`principal_basis`: the top principal directions of the (standardised) maps, which
+  ``model.target_dims`` projects the 2D targets onto;
 * :func:`select_norm`: the part of those statistics a run uses (only what its objective
   needs, so nothing is computed per step for a term that is off);
 * :func:`apply_norm`: standardised maps and the global target of one batch;
@@ -26,6 +28,19 @@ def global_target(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(2, 3)).flatten(1)
 
 
+def _first_blocks(part, samples: int):
+    """The features of ``part``'s first ``samples`` samples, 32 at a time, as float64."""
+    root = part._arrays()
+    idx = part.indices[:max(1, samples)]
+    for start in range(0, len(idx), 32):
+        sel = idx[start:start + 32]
+        try:
+            block = torch.from_numpy(root["features"].get_orthogonal_selection(sel))
+        except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
+            block = torch.stack([part._read("features", int(i)) for i in sel])
+        yield block.double()
+
+
 def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[str, torch.Tensor]:
     """Per-channel mean and std of the cached teacher features over the first valid samples of
     each cache of ``ds`` (a ``MultiCacheDataset``; ``samples`` in all, split evenly; all views
@@ -38,16 +53,9 @@ def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[s
     count = 0
     moments = []  # per cache: (sum, sum of squares, count, pooled targets)
     for part in ds.parts:
-        root = part._arrays()
-        idx = part.indices[:max(1, samples // len(ds.parts))]
         p_total = p_sq = None
         pooled, p_count = [], 0
-        for start in range(0, len(idx), 32):
-            sel = idx[start:start + 32]
-            try:
-                block = torch.from_numpy(root["features"].get_orthogonal_selection(sel)).double()
-            except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
-                block = torch.stack([part._read("features", int(i)) for i in sel]).double()
+        for block in _first_blocks(part, samples // len(ds.parts)):
             pooled.append(global_target(block))
             block = block.reshape(-1, block.shape[-1])
             b_sum, b_sq = block.sum(0), (block ** 2).sum(0)
@@ -73,6 +81,42 @@ def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[s
         std = (second - mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
         g_std = (g_second - g_mean ** 2).clamp_min(0).sqrt().clamp_min(1e-6)
     return {"mean": mean.float(), "std": std.float(), "global_mean": g_mean.float(), "global_std": g_std.float()}
+
+
+def principal_basis(ds, samples: int, dims: int, mean: torch.Tensor, std: torch.Tensor | None,
+                    weights: list[float] | None = None) -> tuple[torch.Tensor, float]:
+    """``(basis [C, dims], share of the variance it holds)``: the top ``dims`` eigenvectors of
+    the channel covariance of the maps ``(x - mean) / std`` (``std`` None: not standardised)
+    over the first samples of each cache of ``ds`` (all views and pixels; ``samples`` in all,
+    split evenly), the caches mixed as :func:`target_stats` mixes them. Each column's largest
+    entry is made positive, so the basis is a function of the data alone (eigenvectors have no
+    sign of their own)."""
+    mean = mean.double()
+    scale = torch.ones_like(mean) if std is None else std.double()
+    seconds, rows = [], []  # per cache: mean of x x^T, and the rows it is over
+    for part in ds.parts:
+        acc, n = None, 0
+        for block in _first_blocks(part, samples // len(ds.parts)):
+            x = ((block.reshape(-1, block.shape[-1]) - mean) / scale).float()
+            xtx = (x.T @ x).double()
+            acc = xtx if acc is None else acc + xtx
+            n += x.shape[0]
+        seconds.append(acc / n)
+        rows.append(n)
+    if weights is None:  # every row read counts once (the pooled covariance)
+        share = torch.tensor(rows, dtype=torch.float64)
+    else:
+        share = torch.tensor([w * len(p) for w, p in zip(weights, ds.parts)], dtype=torch.float64)
+    share = share / share.sum()
+    cov = sum(a * m for a, m in zip(share, seconds))  # centred on the mixture mean: its covariance
+    if not 0 < dims <= cov.shape[0]:
+        raise ValueError(f"target_dims={dims} must be in [1, {cov.shape[0]}] (the teacher's channels)")
+    values, vectors = torch.linalg.eigh(cov)
+    values, vectors = values.flip(0), vectors.flip(1)[:, :dims]
+    pivot = vectors.abs().argmax(dim=0)
+    vectors = vectors * torch.sign(vectors[pivot, torch.arange(dims)])
+    kept = float(values[:dims].clamp_min(0).sum() / values.clamp_min(0).sum().clamp_min(1e-12))
+    return vectors.float(), kept
 
 
 def select_norm(stats: dict[str, torch.Tensor], maps: bool, global_term: bool) -> dict | None:

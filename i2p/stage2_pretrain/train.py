@@ -42,7 +42,8 @@ from i2p.stage2_pretrain.online_teacher import online_teacher, teacher_maps
 from i2p.stage2_pretrain.run_dir import RunDirLock, newest_intact_checkpoint
 from i2p.stage2_pretrain.mixing import epoch_order, split_holdout, training_plan  # noqa: F401 (split_holdout: re-export)
 from i2p.stage2_pretrain.sampler import EpochBatchSampler
-from i2p.stage2_pretrain.teacher_targets import apply_norm, bank_keys, select_norm, target_stats, teacher_bank
+from i2p.stage2_pretrain.teacher_targets import (apply_norm, bank_keys, principal_basis, select_norm, target_stats,
+                                                 teacher_bank)
 
 LOG_KEYS = ("loss", "loss_3d", "loss_2d", "loss_global", "w_2d", "w_global", "grad_ratio_2d",
             "grad_ratio_global", "sal_visible", "sal_masked")
@@ -191,6 +192,9 @@ class _Run:
         self._prepare_targets()
         self.train_model = self._wrap(self.model)
         self.log = MetricsLog(run_dir, self.step, self.dist.is_main)
+        if self.target_variance_kept is not None:  # how much of the teacher the 2D targets keep
+            self.log.write({"step": self.step, "target_dims": self.cfg.model.target_dims,
+                            "target_variance_kept": round(self.target_variance_kept, 4)})
 
     # ------------------------------------------------------------------ set-up steps
     def _open_data(self) -> None:
@@ -234,10 +238,17 @@ class _Run:
         cfg, device = self.cfg, self.device
         self.teacher = online_teacher(cfg, self.attrs, device) if cfg.online_teacher else None
         use_global = cfg.model.use_2d and cfg.model.global_ratio > 0
-        self.norm = None
-        if cfg.model.use_2d and (cfg.data.normalize_targets or use_global):
+        self.norm, self.target_variance_kept = None, None
+        fit_basis = cfg.model.use_2d and not self.model.has_target_basis
+        if cfg.model.use_2d and (cfg.data.normalize_targets or use_global or fit_basis):
             stats = target_stats(self.full_ds, cfg.data.normalize_samples, self.plan["weights"])
-            self.norm = {k: v.to(device) for k, v in select_norm(stats, cfg.data.normalize_targets, use_global).items()}
+            sel = select_norm(stats, cfg.data.normalize_targets, use_global)
+            self.norm = None if sel is None else {k: v.to(device) for k, v in sel.items()}
+            if fit_basis:  # a resumed run keeps the basis its checkpoint holds
+                basis, self.target_variance_kept = principal_basis(
+                    self.full_ds, cfg.data.normalize_samples, cfg.model.target_dims, stats["mean"],
+                    stats["std"] if cfg.data.normalize_targets else None, self.plan["weights"])
+                self.model.set_target_basis(basis)
         self.bank = teacher_bank(self.full_ds, self.train_pos, self.norm, device) \
             if use_global and cfg.model.global_loss == "nce" else None
         self.held_ds = torch.utils.data.Subset(unaugmented(self.full_ds), self.held_pos) \

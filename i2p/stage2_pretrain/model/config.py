@@ -91,6 +91,15 @@ class ModelConfig:
     # head): the region's semantics rather than the per-point detail within ~8 neighbours, a
     # transfer lever (issue 21) and the cheaper objective (issue 20).
     target2d: str = "points"
+    # Channels of each view's 2D target. 0, or r >= the teacher's C: every channel. 0 < r < C:
+    # the maps' coordinates on their top-r principal directions (of the standardised maps, fitted once per run on the
+    # cache's first samples, ``teacher_targets.principal_basis``; stored in the model as the
+    # ``target_basis`` buffer). Projection is linear and back-projection is linear, so these
+    # are exactly the full targets' coordinates in that subspace: the MSE is the full MSE
+    # minus the variance outside the subspace, which no prediction in the subspace can
+    # reduce. Why: the head and the back-projection shrink C/r times (issue 20), and the
+    # discarded directions are the ones the teacher spends on per-pixel detail.
+    target_dims: int = 0
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
     # to the centre, through a mini-PointNet of width C_prev + 3 (12,668,968 encoder parameters
@@ -178,6 +187,12 @@ class ModelConfig:
     def use_2d(self) -> bool:
         return self.targets == "2d3d"
 
+    @property
+    def projects_targets(self) -> bool:
+        """Whether the 2D targets are projected onto ``target_dims`` principal directions
+        (fewer than the teacher's channels; otherwise every channel is a target)."""
+        return self.use_2d and 0 < self.target_dims < self.teacher_channels
+
     def validate(self) -> None:
         n = self.num_levels
         if not (len(self.group_sizes) == len(self.enc_dims) == len(self.enc_depths) == n):
@@ -228,6 +243,8 @@ class ModelConfig:
             raise ValueError("target2d must be 'points' or 'token'")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.target_dims < 0:
+            raise ValueError(f"target_dims must be >= 0 (0 = every teacher channel), got {self.target_dims}")
         if self.teacher_channels < 0 or self.views < 1:
             raise ValueError("teacher_channels must be >= 0 and views >= 1")
         # targets='2d3d' with teacher_channels == 0 is allowed here (a config is often made
@@ -242,6 +259,8 @@ class ModelConfig:
         d = dict(d)
         if "balance_ratio" in d and "balance_warmup" not in d:
             d["balance_warmup"] = 0.0  # a run saved before the warm-up existed resumes as it ran
+        if "teacher_channels" in d and "target_dims" not in d:
+            d["target_dims"] = 0  # saved before principal-direction targets: every channel
         try:
             return cfgutil.from_dict(cls, d)
         except cfgutil.ConfigError as exc:

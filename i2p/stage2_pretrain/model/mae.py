@@ -30,7 +30,7 @@ from i2p.stage2_pretrain.model.decoder import HierarchicalDecoder
 from i2p.stage2_pretrain.model.encoder import HierarchicalEncoder, LevelOutput
 from i2p.stage2_pretrain.model.masking import all_visibilities, coarse_visibility, masked_mean
 from i2p.stage2_pretrain.model.rng import Rng
-from i2p.stage2_pretrain.model.targets import feature_targets, saliency_cloud
+from i2p.stage2_pretrain.model.targets import feature_targets, project_channels, saliency_cloud
 
 
 def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -62,7 +62,12 @@ class I2PMAE(nn.Module):
         # step, which DistributedDataParallel requires (without find_unused_parameters).
         dim_2d = dim if cfg.head2d_input == "decoder" else cfg.enc_dims[cfg.head_level]
         k_2d = k if cfg.target2d == "points" else 1
-        self.head_2d = nn.Linear(dim_2d, k_2d * cfg.views * cfg.teacher_channels) if cfg.use_2d else None
+        self.head_2d = nn.Linear(dim_2d, k_2d * cfg.views * self.target_channels) if cfg.use_2d else None
+        self._basis_ready = False
+        if cfg.projects_targets:
+            # Filled by set_target_basis (from the cache) or a checkpoint; NaN until then, and
+            # a step without one refuses to run rather than regress a wrong target.
+            self.register_buffer("target_basis", torch.full((cfg.teacher_channels, cfg.target_dims), float("nan")))
         use_global = cfg.use_2d and cfg.global_ratio > 0
         self.head_global = nn.Linear(cfg.enc_dims[-1], cfg.views * cfg.teacher_channels) if use_global else None
         for head in (self.head_3d, self.head_2d, self.head_global):
@@ -70,6 +75,34 @@ class I2PMAE(nn.Module):
             if head is not None and not (cfg.decoder_style == "official" and head is not self.head_global):
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
+
+    @property
+    def target_channels(self) -> int:
+        """Channels per view of one 2D target: ``target_dims`` when it projects, else the teacher's C."""
+        return self.cfg.target_dims if self.cfg.projects_targets else self.cfg.teacher_channels
+
+    @property
+    def has_target_basis(self) -> bool:
+        """Whether the 2D targets can be made: true unless they are projected and no basis was
+        set or loaded yet."""
+        return self._basis_ready or not self.cfg.projects_targets
+
+    def set_target_basis(self, basis: torch.Tensor) -> None:
+        """The ``[C, target_dims]`` orthonormal directions the 2D targets are projected onto
+        (:func:`i2p.stage2_pretrain.teacher_targets.principal_basis`)."""
+        want = (self.cfg.teacher_channels, self.cfg.target_dims)
+        if not self.cfg.projects_targets or tuple(basis.shape) != want:
+            raise ValueError(f"a target basis of shape {want} is needed (0 < target_dims < teacher_channels), "
+                             f"got {tuple(basis.shape)}")
+        if not torch.isfinite(basis).all():
+            raise ValueError("the target basis has non-finite entries")
+        self.target_basis.copy_(basis.to(self.target_basis))
+        self._basis_ready = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "target_basis" in state_dict:
+            self._basis_ready = True
 
     # ------------------------------------------------------------------ pre-training
     def forward(self, points: torch.Tensor, view_features: torch.Tensor | None = None,
@@ -231,9 +264,14 @@ class I2PMAE(nn.Module):
                              f"(views={cfg.views}, teacher_channels={cfg.teacher_channels})")
         b_idx, g_idx = visible.nonzero(as_tuple=True)
         k = cfg.group_sizes[cfg.head_level]
+        if cfg.projects_targets:
+            if not self._basis_ready:
+                raise ValueError(f"target_dims={cfg.target_dims} but the model has no target basis: call set_target_basis() "
+                                 "(i2p pretrain fits it on the cache) or load a checkpoint that holds one")
+            view_features = project_channels(view_features, self.target_basis)
         target = feature_targets(view_features, points, h, cfg.head_level, proj, cfg.image_size, b_idx, g_idx)
         if cfg.target_l2:  # each view's C-vector of each member to unit length
-            t = target.view(len(b_idx), k, cfg.views, cfg.teacher_channels)
+            t = target.view(len(b_idx), k, cfg.views, self.target_channels)
             target = (t / t.norm(dim=-1, keepdim=True).clamp_min(1e-6)).flatten(2)
         if cfg.target2d == "token":  # one target per token: the mean over its members
             target, k = target.mean(dim=1, keepdim=True), 1

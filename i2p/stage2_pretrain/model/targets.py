@@ -26,6 +26,16 @@ def saliency_cloud(view_saliency: torch.Tensor, points: torch.Tensor, h: Hierarc
 
 
 @torch.no_grad()
+def project_channels(view_features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``[..., C]`` maps -> ``[..., r]``: their coordinates on the columns of ``basis [C, r]``,
+    in fp32 whatever the autocast. Back-projection is linear, so projecting the maps and then
+    back-projecting equals back-projecting and then projecting (up to rounding), at r/C of the
+    back-projection's cost."""
+    with torch.autocast(view_features.device.type, enabled=False):
+        return view_features.float() @ basis.float()
+
+
+@torch.no_grad()
 def feature_targets(view_features: torch.Tensor, points: torch.Tensor, h: Hierarchy, level: int,
                     proj: torch.Tensor, size: int, b_idx: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
     """Teacher features of the members of tokens ``(b_idx, g_idx)`` at ``level``:
