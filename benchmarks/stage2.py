@@ -168,7 +168,8 @@ def target_basis(cfg, cache: str, stats: dict | None):
     from i2p.cache.reader import MultiCacheDataset
     from i2p.stage2_pretrain.teacher_targets import principal_basis
 
-    return principal_basis(MultiCacheDataset([cache]), 256, cfg.target_dims, stats["mean"], stats["std"])[0]
+    return principal_basis(MultiCacheDataset([cache]), 256, cfg.target_dims, stats["mean"], stats["std"],
+                           cfg.image_size)[0]
 
 
 def _model_and_opt(cfg, device, basis=None):

@@ -74,38 +74,61 @@ def test_target_dims_at_or_above_the_channels_keeps_every_channel():
     assert ModelConfig.paper().target_dims == 0  # the published recipe regresses every channel
 
 
-class _Features:
-    """A cache part holding only ``features`` (what :func:`principal_basis` reads)."""
+class _Part:
+    """A cache part holding the arrays :func:`principal_basis` reads."""
 
-    def __init__(self, feats):
-        self.feats, self.indices = feats, list(range(len(feats)))
+    def __init__(self, **arrays):
+        self.arrays = arrays
+        self.indices = list(range(len(arrays["features"])))
 
     def _arrays(self):
-        return {"features": self}
-
-    def get_orthogonal_selection(self, sel):
-        return self.feats[list(sel)]
+        return {k: _Array(v) for k, v in self.arrays.items()}
 
     def __len__(self):
-        return len(self.feats)
+        return len(self.indices)
 
 
-def test_principal_basis_is_the_top_eigenvectors_of_the_standardised_maps():
-    """Maps whose channels mix 6 sources of distinct variance, with channel offsets and
-    scales: the basis spans the standardised maps' top eigenvectors (each column with its
-    largest entry positive), holds their share of the variance, and mixes caches as asked."""
+class _Array:
+    def __init__(self, a):
+        self.a = a
+
+    def get_orthogonal_selection(self, sel):
+        return self.a[list(sel)]
+
+
+def _maps_part(seed: int, n: int = 40, c: int = 6, flip: bool = False):
+    """Maps whose channels mix ``c`` sources of distinct variance, with channel offsets and
+    scales, over clouds in the unit sphere and their projection parameters."""
+    from i2p.stage1_project.projection import projection_params
+
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))[0]
+    z = torch.randn(n, 3, 8, 8, c, generator=g, dtype=torch.float64) * torch.linspace(3.0, 0.2, c, dtype=torch.float64)
+    maps = (z @ mix.T) * torch.linspace(0.1, 10.0, c, dtype=torch.float64) + torch.arange(float(c))
+    if flip:
+        maps = maps.flip(-1) * 3
+    pts = torch.randn(n, 512, 3, generator=g)
+    pts = pts / pts.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+    return _Part(features=maps.float().numpy(), points=pts.numpy(), proj=projection_params(pts).numpy())
+
+
+def test_principal_basis_is_the_top_eigenvectors_of_the_2d_targets():
+    """The basis spans the top eigenvectors of the covariance of the targets themselves (the
+    standardised maps back-projected at the strided points, every view), each column with its
+    largest entry positive, holds their share of the variance, and mixes caches as asked."""
     from types import SimpleNamespace
 
+    from i2p.stage1_project.projection import back_project
     from i2p.stage2_pretrain.teacher_targets import principal_basis, target_stats
 
-    g = torch.Generator().manual_seed(0)
-    mix = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
-    z = torch.randn(50, 3, 4, 4, 6, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5, 0.2])
-    maps = (z @ mix.T) * torch.tensor([1.0, 10.0, 0.1, 2.0, 5.0, 1.0]) + torch.arange(6.0)
-    ds = SimpleNamespace(parts=[_Features(maps.float().numpy())])
-    stats = target_stats(ds, 50)
-    basis, kept = principal_basis(ds, 50, 3, stats["mean"], stats["std"])
-    x = ((maps.float().double().reshape(-1, 6) - stats["mean"].double()) / stats["std"].double())
+    part = _maps_part(0)
+    ds = SimpleNamespace(parts=[part])
+    stats = target_stats(ds, 40)
+    basis, kept = principal_basis(ds, 40, 3, stats["mean"], stats["std"], size=224, points=64)
+    maps = (torch.from_numpy(part.arrays["features"]) - stats["mean"]) / stats["std"]
+    at = torch.from_numpy(part.arrays["points"])[:, ::8]
+    x = back_project(maps, at, torch.from_numpy(part.arrays["proj"]), size=224).reshape(-1, 6).double()
+    x = x - x.mean(0)
     values, vectors = torch.linalg.eigh(x.T @ x / len(x))
     assert float(values[-3] / values[-4]) > 1.2  # distinct: the subspace and each column are defined
     top = vectors[:, -3:].flip(1)
@@ -113,14 +136,17 @@ def test_principal_basis_is_the_top_eigenvectors_of_the_standardised_maps():
     torch.testing.assert_close(basis.double().T @ basis.double(), eye, atol=1e-6, rtol=0)
     torch.testing.assert_close((basis.double().T @ top).abs(), eye, atol=1e-4, rtol=0)
     assert all(float(col[col.abs().argmax()]) > 0 for col in basis.T)
-    assert kept == pytest.approx(float(values[-3:].sum() / values.sum()), rel=1e-5)
-    # two caches: weight 0 on the second (its maps are another mixture) = the first alone
-    other = SimpleNamespace(parts=[_Features(maps.float().numpy()), _Features((maps.flip(-1) * 3).float().numpy())])
-    st = target_stats(other, 100, [1.0, 0.0])
-    alone, _ = principal_basis(other, 100, 3, st["mean"], st["std"], [1.0, 0.0])
+    assert kept == pytest.approx(float(values[-3:].sum() / values.sum()), rel=1e-4)
+    # two caches: weight 0 on the second (another mixture) = the first alone; equal weights differ
+    both = SimpleNamespace(parts=[part, _maps_part(1, flip=True)])
+    st = target_stats(both, 80, [1.0, 0.0])
+    alone, _ = principal_basis(both, 80, 3, st["mean"], st["std"], 224, [1.0, 0.0], points=64)
     torch.testing.assert_close(alone, basis, atol=1e-5, rtol=0)
+    st = target_stats(both, 80, [1.0, 1.0])
+    mixed, _ = principal_basis(both, 80, 3, st["mean"], st["std"], 224, [1.0, 1.0], points=64)
+    assert (mixed.T @ basis).abs().diagonal().min() < 0.99
     with pytest.raises(ValueError, match="target_dims"):
-        principal_basis(ds, 50, 7, stats["mean"], stats["std"])
+        principal_basis(ds, 40, 7, stats["mean"], stats["std"], 224)
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -145,7 +171,7 @@ def test_pretrain_fits_the_basis_saves_it_and_resumes_bit_exact(small_cache, tmp
         assert torch.equal(ca["model"][key], cb["model"][key]), key
     ds = MultiCacheDataset([small_cache])
     stats = target_stats(ds, cfg.data.normalize_samples)
-    basis, kept = principal_basis(ds, cfg.data.normalize_samples, 3, stats["mean"], stats["std"])
+    basis, kept = principal_basis(ds, cfg.data.normalize_samples, 3, stats["mean"], stats["std"], 224)
     assert torch.equal(ca["model"]["target_basis"], basis)
     assert ca["model"]["head_2d.weight"].shape[0] == 8 * 3 * 3
     first = json.loads(Path(tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()[0])

@@ -2,8 +2,8 @@
 
 * :func:`target_stats`: per-channel statistics of the maps (target standardisation) and of
   the per-shape global target, from the first samples of each cache;
-* :func:`principal_basis`: the top principal directions of the (standardised) maps, which
-  ``model.target_dims`` projects the 2D targets onto;
+* :func:`principal_basis`: the top principal directions of the (standardised) 2D targets,
+  which ``model.target_dims`` projects them onto;
 * :func:`select_norm`: the part of those statistics a run uses (only what its objective
   needs, so nothing is computed per step for a term that is off);
 * :func:`apply_norm`: standardised maps and the global target of one batch;
@@ -20,6 +20,8 @@ import bisect
 
 import torch
 
+from i2p.stage1_project.projection import back_project
+
 
 def global_target(features: torch.Tensor) -> torch.Tensor:
     """``[B, V, h, w, C]`` teacher maps -> ``[B, V*C]``: each view's mean-pooled feature, views
@@ -28,17 +30,21 @@ def global_target(features: torch.Tensor) -> torch.Tensor:
     return features.float().mean(dim=(2, 3)).flatten(1)
 
 
-def _first_blocks(part, samples: int):
-    """The features of ``part``'s first ``samples`` samples, 32 at a time, as float64."""
+def _first_blocks(part, samples: int, names: tuple[str, ...] = ("features",)):
+    """Arrays ``names`` of ``part``'s first ``samples`` samples, 32 samples at a time: one
+    float64 tensor per name (a tuple of them when ``names`` has more than one)."""
     root = part._arrays()
     idx = part.indices[:max(1, samples)]
     for start in range(0, len(idx), 32):
         sel = idx[start:start + 32]
-        try:
-            block = torch.from_numpy(root["features"].get_orthogonal_selection(sel))
-        except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
-            block = torch.stack([part._read("features", int(i)) for i in sel])
-        yield block.double()
+        out = []
+        for name in names:
+            try:
+                block = torch.from_numpy(root[name].get_orthogonal_selection(sel))
+            except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
+                block = torch.stack([part._read(name, int(i)) for i in sel])
+            out.append(block.double())
+        yield out[0] if len(names) == 1 else tuple(out)
 
 
 def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[str, torch.Tensor]:
@@ -83,32 +89,40 @@ def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[s
     return {"mean": mean.float(), "std": std.float(), "global_mean": g_mean.float(), "global_std": g_std.float()}
 
 
-def principal_basis(ds, samples: int, dims: int, mean: torch.Tensor, std: torch.Tensor | None,
-                    weights: list[float] | None = None) -> tuple[torch.Tensor, float]:
+def principal_basis(ds, samples: int, dims: int, mean: torch.Tensor, std: torch.Tensor | None, size: int,
+                    weights: list[float] | None = None, points: int = 256) -> tuple[torch.Tensor, float]:
     """``(basis [C, dims], share of the variance it holds)``: the top ``dims`` eigenvectors of
-    the channel covariance of the maps ``(x - mean) / std`` (``std`` None: not standardised)
-    over the first samples of each cache of ``ds`` (all views and pixels; ``samples`` in all,
-    split evenly), the caches mixed as :func:`target_stats` mixes them. Each column's largest
-    entry is made positive, so the basis is a function of the data alone (eigenvectors have no
-    sign of their own)."""
-    mean = mean.double()
-    scale = torch.ones_like(mean) if std is None else std.double()
-    seconds, rows = [], []  # per cache: mean of x x^T, and the rows it is over
+    the covariance of the 2D targets themselves -- the maps ``(x - mean) / std`` (``std``
+    None: not standardised) back-projected, in every view, at ``points`` of each cloud's
+    points (evenly strided) -- over the first samples of each cache of ``ds`` (``samples`` in
+    all, split evenly), the caches mixed as :func:`target_stats` mixes them. Targets, not
+    pixels: most pixels are background, which no point reads, and its contrast with the
+    object would take the top directions. Each column's largest entry is made positive, so
+    the basis is a function of the data alone (eigenvectors have no sign of their own)."""
+    mean = mean.float()
+    scale = torch.ones_like(mean) if std is None else std.float()
+    firsts, seconds, rows = [], [], []  # per cache: mean of x, of x x^T, and the rows they are over
     for part in ds.parts:
-        acc, n = None, 0
-        for block in _first_blocks(part, samples // len(ds.parts)):
-            x = ((block.reshape(-1, block.shape[-1]) - mean) / scale).float()
-            xtx = (x.T @ x).double()
-            acc = xtx if acc is None else acc + xtx
+        acc1 = acc2 = None
+        n = 0
+        for feats, pts, proj in _first_blocks(part, samples // len(ds.parts), ("features", "points", "proj")):
+            stride = max(1, pts.shape[1] // points)
+            at = pts[:, ::stride][:, :points].float()
+            maps = (feats.float() - mean) / scale
+            x = back_project(maps, at, proj.float(), size=size).reshape(-1, maps.shape[-1])  # [B*V*n, C]
+            s1, s2 = x.double().sum(0), (x.T @ x).double()
+            acc1, acc2 = (s1, s2) if acc1 is None else (acc1 + s1, acc2 + s2)
             n += x.shape[0]
-        seconds.append(acc / n)
+        firsts.append(acc1 / n)
+        seconds.append(acc2 / n)
         rows.append(n)
     if weights is None:  # every row read counts once (the pooled covariance)
         share = torch.tensor(rows, dtype=torch.float64)
     else:
         share = torch.tensor([w * len(p) for w, p in zip(weights, ds.parts)], dtype=torch.float64)
     share = share / share.sum()
-    cov = sum(a * m for a, m in zip(share, seconds))  # centred on the mixture mean: its covariance
+    mu = sum(a * m for a, m in zip(share, firsts))
+    cov = sum(a * m for a, m in zip(share, seconds)) - torch.outer(mu, mu)
     if not 0 < dims <= cov.shape[0]:
         raise ValueError(f"target_dims={dims} must be in [1, {cov.shape[0]}] (the teacher's channels)")
     values, vectors = torch.linalg.eigh(cov)

@@ -247,7 +247,7 @@ class _Run:
             if fit_basis:  # a resumed run keeps the basis its checkpoint holds
                 basis, self.target_variance_kept = principal_basis(
                     self.full_ds, cfg.data.normalize_samples, cfg.model.target_dims, stats["mean"],
-                    stats["std"] if cfg.data.normalize_targets else None, self.plan["weights"])
+                    stats["std"] if cfg.data.normalize_targets else None, cfg.model.image_size, self.plan["weights"])
                 self.model.set_target_basis(basis)
         self.bank = teacher_bank(self.full_ds, self.train_pos, self.norm, device) \
             if use_global and cfg.model.global_loss == "nce" else None
