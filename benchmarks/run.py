@@ -86,7 +86,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the stage-2 model (CUDA only)")
     p.add_argument("--in-process", action="store_true", help="run sections in this process (no per-stage RSS)")
     p.add_argument("--workdir", default=None, help="keep the temporary caches here instead of a temp dir")
+    p.add_argument("--set", dest="model_set", action="append", default=[], metavar="model.FIELD=VALUE",
+                   help="a ModelConfig field for both stage-2 models (repeatable), e.g. model.target_dims=64")
     return p.parse_args(argv)
+
+
+def model_overrides(items: list[str]) -> dict:
+    """``["model.target_dims=64", ...]`` -> ``{"target_dims": 64}`` (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("model.") or len(key) <= len("model."):
+            raise SystemExit(f"--set {item}: expected model.FIELD=VALUE")
+        out[key[len("model."):]] = yaml.safe_load(value)
+    return out
 
 
 def sizes_from(args) -> Sizes:
@@ -96,6 +111,10 @@ def sizes_from(args) -> Sizes:
         sizes = replace(sizes, teacher=args.teacher)
     if args.repeats:
         sizes = replace(sizes, repeats=args.repeats, ops_repeats=args.repeats)
+    over = model_overrides(args.model_set)
+    if over:
+        sizes = replace(sizes, tiny_overrides={**sizes.tiny_overrides, **over},
+                        paper_overrides={**sizes.paper_overrides, **over})
     return sizes
 
 

@@ -92,13 +92,13 @@ class ModelConfig:
     # transfer lever (issue 21) and the cheaper objective (issue 20).
     target2d: str = "points"
     # Channels of each view's 2D target. 0, or r >= the teacher's C: every channel. 0 < r < C:
-    # the maps' coordinates on their top-r principal directions (of the standardised maps, fitted once per run on the
-    # cache's first samples, ``teacher_targets.principal_basis``; stored in the model as the
-    # ``target_basis`` buffer). Projection is linear and back-projection is linear, so these
-    # are exactly the full targets' coordinates in that subspace: the MSE is the full MSE
-    # minus the variance outside the subspace, which no prediction in the subspace can
-    # reduce. Why: the head and the back-projection shrink C/r times (issue 20), and the
-    # discarded directions are the ones the teacher spends on per-pixel detail.
+    # the targets' coordinates on their own top-r principal directions (the standardised maps
+    # back-projected at the cache's points, fitted once per run on its first samples:
+    # ``teacher_targets.principal_basis``; stored in the model as the ``target_basis``
+    # buffer). Projection and back-projection are both linear, so these are exactly the full
+    # targets' coordinates in that subspace: the MSE is the full MSE less the variance outside
+    # the subspace, which no prediction inside it can reduce. Why: the 2D head and the
+    # back-projection shrink C/r times (issue 20).
     target_dims: int = 0
     fps_random_start: bool = False  # True: FPS starts at a generator-drawn index per sample
     # Token merging at levels >= 2. 'i2p': the member tokens' features and their xyz relative
