@@ -346,3 +346,20 @@ def test_token_2d_target_is_the_mean_of_the_member_targets():
     _assert_2d_loss_halves(tiny(drop_path=0.0, target2d="token", lambda_2d=1.0), pts, feats, sal, proj)
     with pytest.raises(ValueError, match="target2d"):
         tiny(target2d="pixels").validate()
+
+
+def test_gradient_injection_is_zero_with_the_given_gradient():
+    """``_link(x, g)``: exactly 0 forward; backward gives ``x`` the gradient ``g`` times the
+    incoming one, bit for bit what the product form ``(x * g).sum()`` gives, in ``x``'s dtype."""
+    from i2p.stage2_pretrain.model.balance import _link
+
+    g = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(6, 5).to(dtype).requires_grad_()
+        ref = x.detach().clone().requires_grad_()
+        z = _link(x, g)
+        assert z.item() == 0.0 and z.requires_grad
+        (3.0 * z).backward()
+        t = (ref * g).sum()
+        (3.0 * (t - t.detach())).backward()
+        assert x.grad.dtype == dtype and torch.equal(x.grad, ref.grad)
