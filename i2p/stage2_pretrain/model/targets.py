@@ -56,5 +56,6 @@ def feature_targets(view_features: torch.Tensor, points: torch.Tensor, h: Hierar
     slot = torch.cumsum(need, dim=1) - 1  # a needed candidate's place in ``order``
     with torch.autocast(points.device.type, enabled=False):
         f = back_project(view_features, gather(cand, order).float(), proj.float(), size=size)  # [B, V, W, C]
-    f = f.permute(0, 2, 1, 3).flatten(2)  # [B, W, V*C]
-    return f[b_idx[:, None], slot[b_idx[:, None], members]]
+    # indexing dims 0 and 2 puts the index dims first: [n, K, V, C], views in order (no
+    # permuted copy of every candidate's features, only the gathered members are written)
+    return f[b_idx[:, None], :, slot[b_idx[:, None], members]].flatten(2)
