@@ -8,6 +8,8 @@ do not depend on worker count, rank count or where a resumed run starts.
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import torch
 
@@ -179,8 +181,6 @@ class CacheDataset(torch.utils.data.Dataset):
             handles = [_async(self._array(n)) for n, _ in reads]  # opened here, never inside zarr's loop
 
             async def fetch():
-                import asyncio
-
                 return await asyncio.gather(*[a.getitem(i if r is None else (i, r))
                                               for a, (_, r) in zip(handles, reads)])
 

@@ -31,8 +31,8 @@ def global_target(features: torch.Tensor) -> torch.Tensor:
 
 
 def _first_blocks(part, samples: int, names: tuple[str, ...] = ("features",)):
-    """Arrays ``names`` of ``part``'s first ``samples`` samples, 32 samples at a time: one
-    float64 tensor per name (a tuple of them when ``names`` has more than one)."""
+    """Arrays ``names`` of ``part``'s first ``samples`` samples, 32 samples at a time: a tuple
+    of tensors (one per name, as stored)."""
     root = part._arrays()
     idx = part.indices[:max(1, samples)]
     for start in range(0, len(idx), 32):
@@ -40,11 +40,10 @@ def _first_blocks(part, samples: int, names: tuple[str, ...] = ("features",)):
         out = []
         for name in names:
             try:
-                block = torch.from_numpy(root[name].get_orthogonal_selection(sel))
+                out.append(torch.from_numpy(root[name].get_orthogonal_selection(sel)))
             except Exception:  # noqa: BLE001 - damaged bytes: read one by one, the culprit raises a CacheError
-                block = torch.stack([part._read(name, int(i)) for i in sel])
-            out.append(block.double())
-        yield out[0] if len(names) == 1 else tuple(out)
+                out.append(torch.stack([part._read(name, int(i)) for i in sel]))
+        yield tuple(out)
 
 
 def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[str, torch.Tensor]:
@@ -61,7 +60,8 @@ def target_stats(ds, samples: int, weights: list[float] | None = None) -> dict[s
     for part in ds.parts:
         p_total = p_sq = None
         pooled, p_count = [], 0
-        for block in _first_blocks(part, samples // len(ds.parts)):
+        for (block,) in _first_blocks(part, samples // len(ds.parts)):
+            block = block.double()
             pooled.append(global_target(block))
             block = block.reshape(-1, block.shape[-1])
             b_sum, b_sq = block.sum(0), (block ** 2).sum(0)
