@@ -79,6 +79,35 @@ def test_fps_in_cpu_blocks_equals_cloud_by_cloud():
         assert torch.equal(got[:, 0], starts)
 
 
+def test_two_stage_argmax_is_argmax_with_ties_nan_and_inf():
+    """FPS's CPU argmax in two stages returns argmax's index: the first maximum, a NaN winning."""
+    from i2p.common.point_ops import _first_max_cpu
+
+    g = torch.Generator().manual_seed(0)
+    best = torch.randint(0, 7, (32, 1024), generator=g).float()  # many tied maxima per row
+    best[3] = float("-inf")
+    best[4, 700:] = float("inf")
+    best[5, 10] = best[5, 900] = float("nan")
+    best[6, :64] = 6.0  # the row's maximum throughout the first block
+    assert _first_max_cpu(best[:4, :256]) is None and _first_max_cpu(best[:, :1000]) is None  # small, ragged
+    out = torch.empty(32, dtype=torch.long)
+    _first_max_cpu(best)(out)
+    assert torch.equal(out, torch.argmax(best, dim=1))
+    assert out[3] == 0 and out[4] == 700 and out[5] == 10 and out[6] == 0
+
+
+def test_fps_with_distance_ties_is_the_same_in_a_batch_and_alone():
+    """Points on a coarse grid tie in distance all the time: the batched path (two-stage argmax)
+    and each cloud alone (plain argmax) pick the same lowest-index point at every tie."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 6, (16, 1024, 3), generator=g).float() / 5
+    got = farthest_point_sample(x, 64)
+    alone = torch.cat([farthest_point_sample(x[b:b + 1], 64) for b in range(16)])
+    assert torch.equal(got, alone)
+    for b in range(2):
+        assert got[b].tolist() == naive_fps(x[b].numpy(), 64)  # float32, as the loop computes
+
+
 @pytest.mark.parametrize("library", ["pykdtree", "scipy"])
 def test_knn_cpu_tree_returns_the_brute_force_indices(library, monkeypatch):
     """On the CPU, kNN of >= 256 points goes through a k-d tree (``knn_cpu``: pykdtree, or
