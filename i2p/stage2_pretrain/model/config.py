@@ -93,6 +93,13 @@ class ModelConfig:
     # head): the region's semantics rather than the per-point detail within ~8 neighbours, a
     # transfer lever (issue 21) and the cheaper objective (issue 20).
     target2d: str = "points"
+    # Which head-level tokens regress 2D targets. 'visible' (the paper's): the encoder saw them,
+    # the decoder carries their features up. 'masked': the tokens the encoder did NOT see, so
+    # the decoder must infer the teacher's semantics of hidden regions from the context (masked
+    # feature prediction, as MaskFeat / BEiT v2 do with a 2D teacher; a transfer lever, issue
+    # 21). 'all': both. The head's cost grows with the token count (x4 for 'masked' at the
+    # 80% mask ratio).
+    target2d_tokens: str = "visible"
     # Channels of each view's 2D target. 0, or r >= the teacher's C: every channel. 0 < r < C:
     # the targets' coordinates on their own top-r principal directions (the standardised maps
     # back-projected at the cache's points, fitted once per run on its first samples:
@@ -241,6 +248,8 @@ class ModelConfig:
             raise ValueError("global_input must be 'visible' or 'full'")
         if self.head2d_input not in ("decoder", "encoder"):
             raise ValueError("head2d_input must be 'decoder' or 'encoder'")
+        if self.target2d_tokens not in ("visible", "masked", "all"):
+            raise ValueError("target2d_tokens must be 'visible', 'masked' or 'all'")
         if self.target2d not in ("points", "token"):
             raise ValueError("target2d must be 'points' or 'token'")
         if self.temperature <= 0:

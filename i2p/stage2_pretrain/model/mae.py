@@ -172,7 +172,9 @@ class I2PMAE(nn.Module):
             enc_g = self.encoder.forward_hierarchy(h, all_visibilities(every, h.groups, self.cfg.num_groups),
                                                    generator)
         x2d = xh if self.cfg.head2d_input == "decoder" else enc[self.cfg.head_level].full
-        out = self._objective(loss_3d, x2d, ~masked, enc_g, points, h, view_features, proj, global_target,
+        which = self.cfg.target2d_tokens
+        rows_2d = ~masked if which == "visible" else masked if which == "masked" else torch.ones_like(masked)
+        out = self._objective(loss_3d, x2d, rows_2d, enc_g, points, h, view_features, proj, global_target,
                               global_bank, global_rows, progress, x if single else None)
         out["head_features"] = x
         nan = torch.full((), float("nan"), device=points.device)
@@ -291,6 +293,9 @@ class I2PMAE(nn.Module):
                              f"(views={cfg.views}, teacher_channels={cfg.teacher_channels})")
         b_idx, g_idx = visible.nonzero(as_tuple=True)
         k = cfg.group_sizes[cfg.head_level]
+        if not len(b_idx):  # no token to regress (target2d_tokens='masked' with nothing masked)
+            zero = x.sum() * 0.0
+            return zero, x.new_zeros(0, k, 0), x.new_zeros(0, k, 0)
         if cfg.projects_targets:
             if not self._basis_ready:
                 raise ValueError(f"target_dims={cfg.target_dims} but the model has no target basis: call set_target_basis() "
