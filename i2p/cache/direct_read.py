@@ -61,7 +61,7 @@ class ShardedArrayReader:
         try:
             from zarr.storage import LocalStore
 
-            if not isinstance(arr.store, LocalStore):
+            if not isinstance(arr.store, LocalStore) or not hasattr(os, "pread"):  # pread: POSIX only
                 return None
             meta = json.loads(json.dumps(arr.metadata.to_dict(), default=str))  # tuples -> lists
             if meta.get("zarr_format") != 3 or meta.get("storage_transformers"):
