@@ -291,3 +291,28 @@ def test_token_mse_equals_mse_loss_bit_for_bit():
     (g_ref,) = torch.autograd.grad((ref * weights).sum(), pred)
     (g_got,) = torch.autograd.grad((got * weights).sum(), pred)
     assert torch.equal(g_got, g_ref) and g_got.abs().sum() > 0
+
+
+@pytest.mark.parametrize("tokens", ["visible", "masked", "all"])
+def test_target2d_tokens_picks_which_tokens_regress_the_teacher(tokens):
+    """``target2d_tokens``: the 2D term is computed at the visible head-level tokens (the paper),
+    at the masked ones, or at all of them; a training step runs and falls back to nothing else."""
+    cfg = tiny(target2d_tokens=tokens)
+    model = build_model(cfg)
+    pts, feats, sal, proj = make_batch(cfg)
+    with torch.no_grad():
+        out = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
+    visible = out["visible_mask_l2"]
+    want = {"visible": visible, "masked": ~visible, "all": torch.ones_like(visible)}[tokens]
+    k = cfg.group_sizes[cfg.head_level]
+    assert out["pred_2d"].shape == (int(want.sum()), k, cfg.views * C) == out["target_2d"].shape
+    err = ((out["pred_2d"] - out["target_2d"]) ** 2).mean(dim=(1, 2))
+    rows = want.nonzero(as_tuple=True)[0]
+    per_sample = torch.stack([err[rows == b].mean() for b in range(len(pts))]).mean()
+    assert torch.allclose(out["loss_2d"], per_sample)
+    model.train()
+    step = model(pts, feats, sal, proj, generator=torch.Generator().manual_seed(0))
+    step["loss"].backward()
+    assert model.head_2d.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="target2d_tokens"):
+        tiny(target2d_tokens="hidden").validate()
