@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import PRESETS, Sizes, environment, median
+from i2p.common.heap import ENV as HEAP_ENV, keep_freed_memory
 
 SECTIONS = ("stage1", "stage2", "reads", "point_ops")
 
@@ -142,6 +143,8 @@ def _spawn(name: str, sizes: Sizes, workdir: Path, threads: int | None) -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    for key, value in HEAP_ENV.items():  # what the `i2p` command sets (i2p/common/heap.py)
+        env.setdefault(key, value)
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark section {name} failed (exit {proc.returncode})")
@@ -314,6 +317,9 @@ def main(argv=None) -> dict:
                                                 if args.in_process else
                                                 os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY))
     report["environment"]["sections_in_separate_processes"] = not args.in_process
+    if args.in_process:
+        keep_freed_memory()
+    report["environment"]["malloc"] = {k: os.environ.get(k, HEAP_ENV[k]) for k in HEAP_ENV}
     try:
         for name in sections:
             print(f"[benchmarks] {name} ...", flush=True)

@@ -24,6 +24,7 @@ import typer
 
 from i2p import __version__
 from i2p.common.errors import UserError
+from i2p.common.heap import keep_freed_memory
 from i2p.common.invocation import recording
 
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"i2p: warning: {msg}\n"
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # glibc: no page faults from re-growing the heap every step (common/heap.py)
     command = typer.main.get_command(app)
     try:
         with recording(argv):
