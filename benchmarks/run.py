@@ -143,8 +143,6 @@ def _spawn(name: str, sizes: Sizes, workdir: Path, threads: int | None) -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    for key, value in HEAP_ENV.items():  # what the `i2p` command sets (i2p/common/heap.py)
-        env.setdefault(key, value)
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark section {name} failed (exit {proc.returncode})")
@@ -317,8 +315,7 @@ def main(argv=None) -> dict:
                                                 if args.in_process else
                                                 os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY))
     report["environment"]["sections_in_separate_processes"] = not args.in_process
-    if args.in_process:
-        keep_freed_memory()
+    keep_freed_memory()  # what the `i2p` command sets; the section processes inherit its variables
     report["environment"]["malloc"] = {k: os.environ.get(k, HEAP_ENV[k]) for k in HEAP_ENV}
     try:
         for name in sections:

@@ -23,6 +23,7 @@ import json
 import os
 from pathlib import Path
 
+import google_crc32c  # zarr's own crc32c dependency
 import numpy as np
 
 EMPTY = np.uint64(2 ** 64 - 1)  # offset and length of an inner chunk that was never written
@@ -33,8 +34,6 @@ _INDEX = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "cr
 
 
 def _crc32c(data) -> bytes:
-    import google_crc32c
-
     return np.uint32(google_crc32c.value(data)).tobytes()
 
 
@@ -125,9 +124,10 @@ class ShardedArrayReader:
                     chunk = np.full(self.inner, self.fill, dtype=self.dtype)
                 else:
                     raw = os.pread(fd, int(length), int(offset))
-                    if len(raw) != length or length < 4 or _crc32c(raw[:-4]) != raw[-4:]:
+                    body = raw[:-4]
+                    if len(raw) != length or length < 4 or _crc32c(body) != raw[-4:]:
                         raise ValueError(f"sample {i}: chunk checksum mismatch")
-                    data = self._zstd.decode(raw[:-4])
+                    data = self._zstd.decode(body)
                     if len(data) != self.itemsize:
                         raise ValueError(f"sample {i}: {len(data)} bytes decoded, {self.itemsize} expected")
                     chunk = np.frombuffer(data, dtype=self.dtype).reshape(self.inner)
