@@ -86,13 +86,19 @@ def sync() -> None:
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run ``fns`` round-robin: ``warmup`` untimed rounds, then ``repeats`` timed rounds.
-    Returns the seconds of every timed call per name (take the median)."""
+    Returns the seconds of every timed call per name (take the median).
+
+    Each timed round starts one place further along the list (round r runs ``fns[r % n]``
+    first), so that no variant always runs in the same place: in a fixed order a variant
+    always follows the same one (its caches warm or cold the same way every round), and
+    that position, not the variant, can make a ratio near 1."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    items = list(fns.items())
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    for r in range(repeats):
+        for k, fn in items[r % len(items):] + items[:r % len(items)]:
             sync()
             t0 = time.perf_counter()
             fn()

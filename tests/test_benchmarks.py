@@ -55,3 +55,15 @@ def test_peak_rss_of_pretrain_is_measured_in_a_child(small_cache, tmp_path):
     res = pretrain_child(small_cache, tmp_path / "run", steps=1, batch=2)
     assert 200 < res["rss_peak_mib"] < 8192
     assert res["preset"] == "paper" and (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_interleaved_rotates_which_variant_runs_first():
+    from benchmarks.common import interleaved
+
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = interleaved(fns, repeats=4, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up round
+    rounds = [calls[3 + 3 * r:6 + 3 * r] for r in range(4)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
