@@ -37,10 +37,12 @@ class Sizes:
     s2_batch_tiny: int = 8
     # The 2D half's cost and the input pipeline (I2P vs 3D-only vs memory-fed steps): more
     # repeats than the other figures, since the goals are ratios near 1.
+    # Multiples of the number of variants timed together (3 tiny, 4 paper), so that with the
+    # rotated order of ``interleaved`` every variant runs equally often in every place.
     s2_ratio_repeats_tiny: int = 15
-    # 15: a paper step varies by ~+-6% from one step to the next on an idle CPU, so a median of
+    # 16: a paper step varies by ~+-6% from one step to the next on an idle CPU, so a median of
     # 7 moved the paper ratios by ~+-0.05 between runs (1.11-1.18 for the same code).
-    s2_ratio_repeats_paper: int = 15
+    s2_ratio_repeats_paper: int = 16
     loader_workers: tuple = (0, 2, 4)  # DataLoader settings measured against memory-fed steps
     loader_steps: int = 3  # timed steps per loader block (after one untimed)
     rss_children: bool = True  # peak RSS of cache build / pretrain in child processes
@@ -61,7 +63,7 @@ class Sizes:
 PRESETS = {
     "full": Sizes(),
     "quick": Sizes(name="quick", repeats=3, s1_shapes=4, s1_batch=2, s2_batch_paper=4, s2_batch_tiny=4,
-                   s2_ratio_repeats_tiny=25, s2_ratio_repeats_paper=15, loader_workers=(0, 2),
+                   s2_ratio_repeats_tiny=24, s2_ratio_repeats_paper=16, loader_workers=(0, 2),
                    read_passes=3, ops_repeats=3),
     # For the harness's own test: every key of the JSON, at sizes that run in seconds.
     "smoke": Sizes(name="smoke", repeats=1, warmup=1, teacher="test-tiny", s1_shapes=2, s1_batch=2, points=512,

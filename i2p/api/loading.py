@@ -25,7 +25,7 @@ from i2p.api.architecture import (  # noqa: F401  (re-exported: the loader's pub
     ENCODER_FIELDS, LATER_FIELDS, build_network, config_from_architecture, config_from_export, encoder_architecture,
     _model, model_config_from_dict)
 from i2p.api.encoder import DEFAULT_POOL, Encoder
-from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_state
+from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_state, trained_weights
 from i2p.common.errors import UserError
 
 RANDOM = "random"
@@ -62,7 +62,7 @@ def _from_checkpoint(path: Path):
         raise CheckpointError(f"checkpoint {path} holds no model config (config['model'])")
     cfg = model_config_from_dict(model_cfg, f"checkpoint {path}")
     network = build_network(cfg, f"checkpoint {path}")
-    enc_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    enc_state = {k[len("encoder."):]: v for k, v in trained_weights(state).items() if k.startswith("encoder.")}
     if not enc_state:
         raise CheckpointError(f"checkpoint {path} holds no encoder weights ('encoder.*')")
     load_model_state(network, enc_state, what=f"checkpoint {path}")

@@ -79,6 +79,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def trained_weights(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights a pre-training checkpoint offers for use: the run's weight average when it
+    kept one (``optim.ema_decay``; saved as ``model_ema``), else the last weights (``model``).
+    Resuming reads ``model``, the weights the optimiser trains."""
+    ema = ckpt.get("model_ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("weights"), Mapping):
+        return strip_prefixes(ema["weights"])
+    return ckpt["model"]
+
+
 def state_differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> tuple[list, list, list]:
     """``(missing, unexpected, shape)`` keys between a state ``have`` and the state ``want``
     describes; values are tensors or shapes. What every strict loader and exporter reports."""

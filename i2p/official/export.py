@@ -114,7 +114,7 @@ def _load(source: str | os.PathLike):
     """``(whole model state or None, encoder state, ModelConfig, provenance)`` of a run
     checkpoint, a run directory or an export directory."""
     from i2p.api.loading import load_encoder, model_config_from_dict, resolve_source
-    from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint
+    from i2p.common.checkpoint import CheckpointError, file_sha256, load_checkpoint, trained_weights
 
     kind, path = ("export", None) if str(source) == "random" else resolve_source(source)
     if kind == "checkpoint":
@@ -123,10 +123,10 @@ def _load(source: str | os.PathLike):
         if not isinstance(model_cfg, dict):
             raise CheckpointError(f"checkpoint {path} holds no model config (config['model'])")
         cfg = model_config_from_dict(model_cfg, f"checkpoint {path}")
-        enc = {k[len("encoder."):]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")}
+        enc = {k[len("encoder."):]: v for k, v in trained_weights(ckpt).items() if k.startswith("encoder.")}
         prov = {"source": "i2p pretrain checkpoint", "checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
                 "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
-        return ckpt["model"], enc, cfg, prov
+        return trained_weights(ckpt), enc, cfg, prov
     enc = load_encoder(source, "cpu")
     prov = {"source": "i2p export directory" if enc.info.get("export") else str(source), "checkpoint": str(source),
             "checkpoint_sha256": enc.info.get("sha256"), "epoch": enc.info.get("epoch"), "step": enc.info.get("step")}

@@ -39,6 +39,10 @@ class OptimConfig:
     # ``add_weight_decay``): the mask token, the encoder's token embeddings and the decoder's
     # token propagation (``model.mae.OFFICIAL_TOKEN_PARAMS``).
     decay_exempt: Literal["i2p", "official"] = "i2p"
+    # Exponential moving average of the weights (``stage2_pretrain/ema.py``); 0 = off. When on,
+    # checkpoints also hold the average (``model_ema``) and the evaluation, export and API read
+    # it instead of the last weights.
+    ema_decay: float = 0.0
 
 
 @dataclass

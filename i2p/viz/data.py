@@ -255,14 +255,14 @@ class Reconstruction:
 
 def load_model(ckpt: str, device: str = "cpu"):
     """(I2PMAE in eval mode, its ModelConfig, checkpoint dict) from a pretrain checkpoint."""
-    from i2p.common.checkpoint import load_checkpoint, load_model_state
+    from i2p.common.checkpoint import load_checkpoint, load_model_state, trained_weights
     from i2p.stage2_pretrain import config as pcfg
     from i2p.stage2_pretrain.model import build_model
 
     ck = load_checkpoint(ckpt)
     mcfg = pcfg.from_saved(ck.get("config") or {}, f"checkpoint {ckpt}").model
     model = build_model(mcfg)
-    load_model_state(model, ck["model"], what=f"checkpoint {ckpt}")
+    load_model_state(model, trained_weights(ck), what=f"checkpoint {ckpt}")
     return model.to(device).eval(), mcfg, ck
 
 
