@@ -58,6 +58,7 @@ def test_resume_with_the_average_is_bit_exact_and_evaluation_reads_it(small_cach
     assert len(moved) > 10
     assert trained_weights(ca) is not ca["model"]
     enc = load_encoder(str(tmp_path / "ref" / "last.ckpt"), "cpu")
+    assert enc.info["weights"] == "ema"
     got = enc.state_dict()
     want = {k[len("encoder."):]: v for k, v in ca["model_ema"]["weights"].items() if k.startswith("encoder.")}
     assert set(want) <= set(got) and all(torch.equal(got[k], want[k]) for k in want)
@@ -65,5 +66,6 @@ def test_resume_with_the_average_is_bit_exact_and_evaluation_reads_it(small_cach
     plain = pretrain([small_cache], str(tmp_path / "plain"), pcfg.resolve("tiny", FAST + ["optim.epochs=1"]))
     cp = load_checkpoint(tmp_path / "plain" / "last.ckpt")
     assert plain.step > 0 and "model_ema" not in cp and trained_weights(cp) is cp["model"]
+    assert load_encoder(str(tmp_path / "plain" / "last.ckpt"), "cpu").info["weights"] == "last"
     with pytest.raises(TrainingError, match="ema_decay"):
         pretrain([small_cache], str(tmp_path / "bad"), pcfg.resolve("tiny", FAST + ["optim.ema_decay=1.5"]))

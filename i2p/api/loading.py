@@ -70,7 +70,9 @@ def _from_checkpoint(path: Path):
     info = {"checkpoint": str(path), "sha256": file_sha256(path), "preset": None,
             "epoch": state.get("epoch"), "step": state.get("step"), "seed": conf.get("seed"),
             "cache_teacher": cache.get("teacher"), "teacher_weights_sha256": cache.get("teacher_weights_sha256"),
-            "data_fingerprints": cache.get("data_fingerprints"), "trained_with": state.get("i2p_version")}
+            "data_fingerprints": cache.get("data_fingerprints"), "trained_with": state.get("i2p_version"),
+            # which weights these are: the run's weight average (optim.ema_decay) or its last ones
+            "weights": "ema" if trained_weights(state) is not state["model"] else "last"}
     if state.get("random_init"):
         info["random_init"] = state["random_init"]
     return network, cfg, info
