@@ -36,12 +36,20 @@ def test_average_follows_the_warmed_up_decay():
     assert torch.allclose(avg.state["0.weight"], 0.8 * expect + 0.2 * 10.0, rtol=0, atol=1e-6)
     with pytest.raises(ValueError):
         WeightAverage(net, 1.0)
+    # what the in-run probe reads: the model itself, or a copy holding the average
+    from i2p.stage2_pretrain.ema import evaluated
+
+    assert evaluated(net, None) is net
+    copy = evaluated(net, avg)
+    assert copy is not net and torch.equal(copy[0].weight, avg.state["0.weight"])
+    assert torch.equal(net[0].weight, torch.full_like(net[0].weight, 10.0))  # the model is untouched
 
 
 def test_resume_with_the_average_is_bit_exact_and_evaluation_reads_it(small_cache, tmp_path):
     from i2p.api.loading import load_encoder
     from i2p.common.checkpoint import load_checkpoint, trained_weights
-    from i2p.stage2_pretrain.train import TrainingError, pretrain
+    from i2p.common.errors import UserError
+    from i2p.stage2_pretrain.train import pretrain
 
     cfg = pcfg.resolve("tiny", FAST + ["optim.epochs=2", "optim.ema_decay=0.9"])
     ref = pretrain([small_cache], str(tmp_path / "ref"), cfg)
@@ -67,5 +75,5 @@ def test_resume_with_the_average_is_bit_exact_and_evaluation_reads_it(small_cach
     cp = load_checkpoint(tmp_path / "plain" / "last.ckpt")
     assert plain.step > 0 and "model_ema" not in cp and trained_weights(cp) is cp["model"]
     assert load_encoder(str(tmp_path / "plain" / "last.ckpt"), "cpu").info["weights"] == "last"
-    with pytest.raises(TrainingError, match="ema_decay"):
+    with pytest.raises(UserError, match="ema_decay"):
         pretrain([small_cache], str(tmp_path / "bad"), pcfg.resolve("tiny", FAST + ["optim.ema_decay=1.5"]))

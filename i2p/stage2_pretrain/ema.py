@@ -18,9 +18,12 @@ stays bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
+
+from i2p.common.errors import UserError
 
 
 class WeightAverage:
@@ -63,4 +66,29 @@ class WeightAverage:
         self.updates = int(saved["updates"])
 
 
-__all__ = ["WeightAverage"]
+def start(model: torch.nn.Module, decay: float) -> WeightAverage | None:
+    """The run's weight average (None when ``decay`` is 0, the default: no average)."""
+    if not 0.0 <= decay < 1.0:
+        raise UserError(f"optim.ema_decay must be in [0, 1) (0 = no weight average; got {decay})")
+    return WeightAverage(model, decay) if decay > 0 else None
+
+
+def resume(model: torch.nn.Module, decay: float, saved: Mapping | None) -> WeightAverage:
+    """The average a checkpoint saved; one written without it starts from ``model``'s weights."""
+    average = WeightAverage(model, decay)
+    if saved is not None:
+        average.load_state_dict(saved)
+    return average
+
+
+def evaluated(model: torch.nn.Module, average: WeightAverage | None) -> torch.nn.Module:
+    """The network the evaluation reads from the run's checkpoint: ``model``, or a copy of it
+    holding the average when the run keeps one."""
+    if average is None:
+        return model
+    out = copy.deepcopy(model)
+    out.load_state_dict(average.state_dict()["weights"])
+    return out
+
+
+__all__ = ["WeightAverage", "evaluated", "resume", "start"]

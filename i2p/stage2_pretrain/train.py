@@ -32,7 +32,7 @@ from i2p.common.device import deterministic_cpu, resolve_device
 from i2p.common.errors import UserError
 from i2p.common.signals import StopOnSignal
 from i2p.stage2_pretrain import config as pcfg
-from i2p.stage2_pretrain.ema import WeightAverage
+from i2p.stage2_pretrain import ema
 from i2p.stage2_pretrain.diagnostics import MetricsLog, encoder_grad_norms, heldout_r2, probe_svm, unaugmented
 from i2p.stage2_pretrain.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from i2p.stage2_pretrain.model import build_model
@@ -184,9 +184,7 @@ class _Run:
         self.model = build_model(cfg.model).to(self.device)
         self.opt = make_optimizer(optimizer_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_exempt),
                                   lr=cfg.optim.lr, betas=cfg.optim.betas)
-        if not 0.0 <= cfg.optim.ema_decay < 1.0:
-            raise TrainingError(f"optim.ema_decay must be in [0, 1) (0 = no weight average; got {cfg.optim.ema_decay})")
-        self.ema = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.ema = ema.start(self.model, cfg.optim.ema_decay)
         self._open_data()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, pcfg.lr_factor(cfg.optim, self.steps_per_epoch))
         self.last = run_dir / "last.ckpt"
@@ -232,11 +230,8 @@ class _Run:
         if not _same_model(ckpt.get("config", {}).get("model"), self.cfg):
             raise TrainingError(f"{path} was trained with another model config; use --no-resume or another --out")
         load_model_state(self.model, ckpt["model"], what=str(self.last))
-        if self.ema is not None:  # a checkpoint written without the average starts it here
-            if ckpt.get("model_ema") is not None:
-                self.ema.load_state_dict(ckpt["model_ema"])
-            else:
-                self.ema = WeightAverage(self.model, self.cfg.optim.ema_decay)
+        if self.ema is not None:
+            self.ema = ema.resume(self.model, self.ema.decay, ckpt.get("model_ema"))
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng_torch"])
@@ -398,16 +393,5 @@ class _Run:
                 self.model, self.held_ds, forward, self.cfg.optim.batch_size, self.cfg.model.global_loss == "nce",
                 self.bank)})
         if self.probe_cache and epochs_done % log.probe_every_epochs == 0:
-            self.log.write({"step": self.step, "epoch": epoch, **probe_svm(self._evaluated_model(), self.probe_cache,
-                                                                            self.device)})
-
-    def _evaluated_model(self):
-        """The network the evaluation will read from this run's checkpoint: the model, or a copy
-        holding the weight average when the run keeps one."""
-        if self.ema is None:
-            return self.model
-        import copy
-
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(self.ema.state_dict()["weights"])
-        return model
+            probe = probe_svm(ema.evaluated(self.model, self.ema), self.probe_cache, self.device)
+            self.log.write({"step": self.step, "epoch": epoch, **probe})
