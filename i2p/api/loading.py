@@ -62,7 +62,8 @@ def _from_checkpoint(path: Path):
         raise CheckpointError(f"checkpoint {path} holds no model config (config['model'])")
     cfg = model_config_from_dict(model_cfg, f"checkpoint {path}")
     network = build_network(cfg, f"checkpoint {path}")
-    enc_state = {k[len("encoder."):]: v for k, v in trained_weights(state).items() if k.startswith("encoder.")}
+    weights = trained_weights(state)
+    enc_state = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
     if not enc_state:
         raise CheckpointError(f"checkpoint {path} holds no encoder weights ('encoder.*')")
     load_model_state(network, enc_state, what=f"checkpoint {path}")
@@ -72,7 +73,7 @@ def _from_checkpoint(path: Path):
             "cache_teacher": cache.get("teacher"), "teacher_weights_sha256": cache.get("teacher_weights_sha256"),
             "data_fingerprints": cache.get("data_fingerprints"), "trained_with": state.get("i2p_version"),
             # which weights these are: the run's weight average (optim.ema_decay) or its last ones
-            "weights": "ema" if trained_weights(state) is not state["model"] else "last"}
+            "weights": "last" if weights is state["model"] else "ema"}
     if state.get("random_init"):
         info["random_init"] = state["random_init"]
     return network, cfg, info

@@ -123,10 +123,11 @@ def _load(source: str | os.PathLike):
         if not isinstance(model_cfg, dict):
             raise CheckpointError(f"checkpoint {path} holds no model config (config['model'])")
         cfg = model_config_from_dict(model_cfg, f"checkpoint {path}")
-        enc = {k[len("encoder."):]: v for k, v in trained_weights(ckpt).items() if k.startswith("encoder.")}
+        weights = trained_weights(ckpt)
+        enc = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
         prov = {"source": "i2p pretrain checkpoint", "checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
                 "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
-        return trained_weights(ckpt), enc, cfg, prov
+        return weights, enc, cfg, prov
     enc = load_encoder(source, "cpu")
     prov = {"source": "i2p export directory" if enc.info.get("export") else str(source), "checkpoint": str(source),
             "checkpoint_sha256": enc.info.get("sha256"), "epoch": enc.info.get("epoch"), "step": enc.info.get("step")}

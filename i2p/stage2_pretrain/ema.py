@@ -53,7 +53,8 @@ class WeightAverage:
         self.updates += 1
 
     def state_dict(self) -> dict:
-        """The averaged weights in the model's dtypes (a model state dict), plus the update count."""
+        """The averaged weights (a model state dict; floating-point tensors in float32), the
+        update count and the decay."""
         return {"weights": dict(self.state), "updates": self.updates, "decay": self.decay}
 
     def load_state_dict(self, saved: Mapping) -> None:
