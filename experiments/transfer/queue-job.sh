@@ -11,7 +11,8 @@ kind=$1; name=$2; seed=$3; shift 3
 if [[ $kind == xfer ]]; then
   "$here/disjoint.sh" "$name" "$seed" 30 "$@"
 else
-  RUNS=${FULL_RUNS:-runs/s2p} "$here/../balance/run.sh" "$name" "$seed" 30 "$@"
-  VARIANTS="2048 levels" "$here/probe_eval.sh" "${FULL_RUNS:-runs/s2p}/$name-s$seed-e30/last.ckpt" \
+  runs=${FULL_RUNS:-runs/s2p}
+  RUNS=$runs "$here/../balance/run.sh" "$name" "$seed" 30 "$@"
+  VARIANTS="2048 levels" "$here/probe_eval.sh" "$runs/$name-s$seed-e30/last.ckpt" \
     "full-$name-s$seed" builtin:primitives prims
 fi

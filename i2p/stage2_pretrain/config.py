@@ -146,8 +146,9 @@ def tiny() -> PretrainConfig:
     short of optimisation, not of data, and a smaller batch is more steps in the same epochs,
     the same samples seen. On classes pretraining never saw, batch 8 gave +4.3 +- 0.2 points of
     validation accuracy over 16 and batch 4 +2.2 +- 0.6 over 8 (3 seeds each, paired); in domain
-    and on other data batch 4 is level with 8 (docs/RESULTS.md, "The tiny preset's batch"). A run takes ~1.2x the time of batch 8
-    (per-step overhead): ~6 vs ~5 minutes for 30 epochs on 228 shapes, two runs sharing 2 cores."""
+    and on other data batch 4 is level with 8 (docs/RESULTS.md, "The tiny preset's batch"). A
+    run takes ~1.2x the time of batch 8 (per-step overhead): ~6 vs ~5 minutes for 30 epochs on
+    228 shapes, two runs sharing 2 cores."""
     return PretrainConfig(
         preset="tiny",
         model=ModelConfig.tiny(),
@@ -180,6 +181,9 @@ def resolve(config: str = "base", overrides: list[str] | None = None, **direct) 
                                   "data.augment=true")
     if not 0 < cfg.data.fraction <= 1:
         raise cfgutil.ConfigError(f"data.fraction must lie in (0, 1] (got {cfg.data.fraction})")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise cfgutil.ConfigError(f"optim.ema_decay must be in [0, 1) (0 = no weight average; got "
+                                  f"{cfg.optim.ema_decay})")
     if any(not w >= 0 for w in cfg.data.cache_weights) or (cfg.data.cache_weights and not any(cfg.data.cache_weights)):
         raise cfgutil.ConfigError("data.cache_weights must be >= 0 with at least one > 0")
     try:

@@ -23,8 +23,6 @@ from typing import Mapping
 
 import torch
 
-from i2p.common.errors import UserError
-
 
 class WeightAverage:
     """The EMA of ``model``'s state dict, kept beside the model (same device)."""
@@ -68,9 +66,8 @@ class WeightAverage:
 
 
 def start(model: torch.nn.Module, decay: float) -> WeightAverage | None:
-    """The run's weight average (None when ``decay`` is 0, the default: no average)."""
-    if not 0.0 <= decay < 1.0:
-        raise UserError(f"optim.ema_decay must be in [0, 1) (0 = no weight average; got {decay})")
+    """The run's weight average (None when ``decay`` is 0, the default: no average). The range
+    of ``optim.ema_decay`` is checked where the config is resolved (``config.resolve``)."""
     return WeightAverage(model, decay) if decay > 0 else None
 
 
