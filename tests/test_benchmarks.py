@@ -47,6 +47,22 @@ def test_balance_cost_benchmark_runs(small_cache):
     assert res["default_step_s"] > 0 and res["fixed_lambda_step_s"] > 0 and res["ratio_default_over_fixed_lambda"] > 0
 
 
+
+def test_two_d_half_ablation_runs_every_variant(small_cache):
+    """``benchmarks/two_d_half.py`` times every ablation on a real cache and reports each
+    against 3D-only (no timing asserted: 3D-only's own ratio is exactly 1)."""
+    from benchmarks.two_d_half import main
+
+    prev = torch.get_num_threads()
+    try:
+        res = main(["--cache", small_cache, "--rounds", "1", "--warmup", "0"])
+    finally:
+        torch.set_num_threads(prev)
+    assert set(res["step_seconds"]) == {"default", "3d_only", "3d_only_reading_2d", "random_mask", "token_targets",
+                                        "default_memory_fed", "3d_only_memory_fed"}
+    assert all(t > 0 for t in res["step_seconds"].values())
+    assert res["vs_3d_only"]["3d_only"] == 1.0 and res["memory_fed_ratio"] > 0
+
 def test_peak_rss_of_pretrain_is_measured_in_a_child(small_cache, tmp_path):
     """``benchmarks/memory.py`` runs ``i2p pretrain --config paper`` for a step in a child
     process and reports that process's own peak RSS (more than torch alone, less than 8 GiB)."""
