@@ -29,7 +29,7 @@ import json
 
 import torch
 
-from benchmarks.common import interleaved, median
+from benchmarks.common import environment, interleaved, median
 from benchmarks.stage2 import Batches, MemoryBatches, _model_and_opt, _target_norm, make_step, three_d_only_config
 
 
@@ -90,15 +90,15 @@ def main(argv=None) -> dict:
     fields = cache_model_fields(open_for_training(a.cache)["settings"])
     cfg = (ModelConfig.base if a.model == "paper" else ModelConfig.tiny)(**fields)
     times = interleaved(variants(cfg, a.cache, a.batch, a.rounds, torch.device("cpu")), a.rounds, a.warmup)
-    base = median(times["3d_only"])
+    med = {k: median(v) for k, v in times.items()}
     report = {"model": a.model, "batch": a.batch, "threads": torch.get_num_threads(), "rounds": a.rounds,
               "teacher_channels": cfg.teacher_channels, "num_points": cfg.num_points,
-              "step_seconds": {k: median(v) for k, v in times.items()},
-              "vs_3d_only": {k: median(v) / base for k, v in times.items()}}
-    report["memory_fed_ratio"] = median(times["default_memory_fed"]) / median(times["3d_only_memory_fed"])
+              "environment": environment(), "step_seconds": med,
+              "vs_3d_only": {k: t / med["3d_only"] for k, t in med.items()},
+              "memory_fed_ratio": med["default_memory_fed"] / med["3d_only_memory_fed"]}
     print(f"{a.model} model, batch {a.batch}, {report['threads']} thread(s), {a.rounds} rounds, "
           f"teacher C={cfg.teacher_channels}: median step time and ratio to 3d_only")
-    for k in times:
+    for k in med:
         print(f"  {k:22s} {report['step_seconds'][k] * 1e3:8.1f} ms  x{report['vs_3d_only'][k]:.3f}")
     print(f"  compute-only ratio (default_memory_fed / 3d_only_memory_fed): x{report['memory_fed_ratio']:.3f}")
     if a.out:
